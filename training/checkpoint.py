@@ -1,0 +1,97 @@
+"""Checkpoints without pickle: safetensors weights + a JSON file (config, step, optimizer hyper-state).
+
+A checkpoint is a folder `RUN/checkpoint/` holding `model.safetensors`, `optimizer.safetensors` and
+`state.json`. It is written into a temporary folder and renamed into place, so a kill at any moment leaves
+either the previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into flat tensors and JSON-able scalars."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    for name, value in meta["scalars"].items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> Path:
+    """Atomically write model weights, optimizer moments and `state` (JSON-able) to `run_dir/checkpoint`."""
+    run_dir = Path(run_dir)
+    final = run_dir / CHECKPOINT_DIR
+    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = run_dir / f".{CHECKPOINT_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder of a run (also one left as `.old` by a kill mid-rename)."""
+    for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"):
+        path = Path(run_dir) / name
+        if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+            return path
+    return None
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((Path(checkpoint) / "state.json").read_text())
+
+
+def load_weights(checkpoint: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(Path(checkpoint) / "model.safetensors", device=str(device))
+
+
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+                    ) -> dict[str, Any]:
+    """Restore `model` (and `optimizer`) in place; return the saved state. Fails loudly on any mismatch."""
+    checkpoint = Path(checkpoint)
+    state = read_state(checkpoint)
+    model.load_state_dict(load_weights(checkpoint, next(model.parameters()).device), strict=True)
+    if optimizer is not None:
+        tensors = load_file(checkpoint / "optimizer.safetensors")
+        _restore_optimizer(optimizer, tensors, state["optimizer"])
+    return state

@@ -1,0 +1,185 @@
+"""Training configuration: small dataclasses whose defaults are the documentation (nanoGPT style).
+
+A run is fully described by one `TrainConfig`. Config files are JSON objects with the same nesting
+(`{"model": {"embed_dim": 384}, "ijepa": {...}}`); every key is checked against the defaults, so a typo or a
+wrong type fails loudly instead of being ignored. Values not given keep the defaults below, which are the
+CPU preset for EuroSAT (64 px, patch 8, width 192, depth 6) and the paper values of I-JEPA and MAE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """The shared ViT backbone (timm `VisionTransformer`, no class token, fixed 2-D sin-cos positions)."""
+
+    img_size: int = 64
+    patch_size: int = 8
+    in_chans: int = 3
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class IJEPAConfig:
+    """I-JEPA (Assran et al., CVPR 2023), paper values: 4 target blocks of scale 0.15-0.2, aspect 0.75-1.5,
+    one context block of scale 0.85-1.0 with the targets removed, EMA 0.996 -> 1.0."""
+
+    pred_depth: int = 6
+    pred_dim: int = 96
+    num_targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = 4  # fewest context patches; the collator never hangs on small grids (see masks.py)
+    ema: tuple[float, float] = (0.996, 1.0)
+
+
+@dataclass
+class MAEConfig:
+    """MAE (He et al., CVPR 2022): 75 % random masking, light decoder, per-patch normalised pixel loss."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 4
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay; weight decay follows a cosine from start to end."""
+
+    lr: float = 1e-3  # peak learning rate for `batch_size`
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass
+class DataConfig:
+    """What to read and how to augment it. `stats` are per-band mean/std in scaled units; empty = measured."""
+
+    split: str | None = "train"
+    image_size: int | None = None  # resize on read; None = native size (EuroSAT: 64)
+    bands: list[int] | None = None  # 1-based band indices for GeoTIFFs; None = all
+    fmow_crop: str = "box"  # "box" (bounding box with context) or "whole"
+    chip_size: int = 64
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # random resized crop, area fraction
+    hflip: bool = True
+    preload: bool = True  # decode the whole split into memory once (small archives like EuroSAT)
+    num_workers: int = 0  # DataLoader workers when not preloading
+    stats_mean: list[float] = field(default_factory=list)
+    stats_std: list[float] = field(default_factory=list)
+
+
+@dataclass
+class MonitorConfig:
+    """Online kNN monitor: frozen embeddings of a held-out subset, evaluated every `every` epochs."""
+
+    every: int = 1  # epochs; 0 = off
+    split_train: str = "train"
+    split_eval: str = "val"
+    n_train: int = 2000
+    n_eval: int = 1000
+    k: int = 20
+
+
+@dataclass
+class TrainConfig:
+    method: str = "ijepa"  # "ijepa" or "mae"
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    log_every: int = 20  # steps
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check `value` against the type of `default`; tuples come from JSON as lists."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not isinstance(value, bool) or not isinstance(default, bool):
+            raise TypeError(f"config key {where!r}: expected {type(default).__name__}, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise TypeError(f"config key {where!r}: expected a list of {len(default)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if default is not None and not isinstance(value, type(default)) and value is not None:
+        raise TypeError(f"config key {where!r}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass `obj` with `overrides` (nested dict) applied, type-checked."""
+    changes = {}
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in overrides.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise KeyError(f"unknown config key {where!r}; known keys: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TypeError(f"config key {where!r} is a section: give an object, got {value!r}")
+            changes[key] = apply_overrides(current, value, prefix=f"{where}.")
+        else:
+            changes[key] = _coerce(value, current, where)
+    return dataclasses.replace(obj, **changes)
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config is a path, or the name of a preset in training/configs (with or without `.json`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    if preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    raise FileNotFoundError(f"config {str(name)!r} not found: give a JSON file or one of the presets {presets}")
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the JSON file at `path` (if any), then keyword overrides (nested dicts allowed)."""
+    config = TrainConfig()
+    if path is not None:
+        resolved = resolve_config_path(path)
+        try:
+            data = json.loads(resolved.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config {resolved} is not valid JSON: {err}") from err
+        config = apply_overrides(config, data)
+    config = apply_overrides(config, overrides)
+    if config.method not in ("ijepa", "mae"):
+        raise ValueError(f"method must be 'ijepa' or 'mae', got {config.method!r}")
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a `TrainConfig` from `to_dict()` output (as stored in checkpoints)."""
+    return apply_overrides(TrainConfig(), data)

@@ -1,0 +1,93 @@
+"""Shared pieces of the image readers: the error type, the sample-dict layout and resizing.
+
+Every reader in this package returns torchgeo-style sample dicts (``{"image": float [C, H, W], "label": ...}``)
+with the keys listed in :data:`SAMPLE_KEYS`; ``describe(i)`` returns the same keys except ``"image"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Keys of every sample dict (``describe`` returns all but ``"image"``).
+SAMPLE_KEYS = (
+    "image",
+    "label",
+    "id",
+    "path",
+    "split",
+    "width",
+    "height",
+    "bands",
+    "lat",
+    "lon",
+    "timestamp",
+    "gsd",
+    "nodata_fraction",
+)
+
+#: File suffixes (lower case) read as images by the folder and CSV layouts.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: File suffixes (lower case) read through rasterio rather than PIL.
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+class UnreadableImageError(ValueError):
+    """An image or its metadata file is corrupt, truncated, missing or otherwise unreadable.
+
+    Attributes:
+        path: the offending file.
+        reason: what went wrong, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"Cannot read {self.path}: {reason}. The file is corrupt, truncated or not an image: "
+            "re-download it or delete it (wrap the dataset in SkipUnreadable to skip such files)."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the two-argument constructor working when DataLoader workers pickle the error.
+        return (type(self), (self.path, self.reason))
+
+
+def sample_id(path: Path, root: Path, suffix: str = "") -> str:
+    """Stable id of a sample: ``path`` relative to ``root`` (POSIX slashes) plus an optional suffix like ``#box0``.
+
+    Falls back to the absolute path when ``path`` is not under ``root`` (e.g. absolute paths in a CSV).
+    """
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:
+        rel = path.as_posix()
+    return rel + suffix
+
+
+def resize_image(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize ``image`` [C, H, W] to [C, size, size] (bilinear, antialiased); ``None`` returns it unchanged.
+
+    The aspect ratio is not kept: non-square inputs are stretched, as in the usual ``Resize((s, s))``.
+    """
+    if size is None or (image.shape[-2] == size and image.shape[-1] == size):
+        return image
+    out = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0]  # [C, size, size]
+
+
+def check_bands(bands: list[int] | tuple[int, ...] | None, available: int, path: str | os.PathLike) -> list[int]:
+    """Validate 1-based band indices against the ``available`` band count of ``path``; ``None`` = all bands."""
+    if bands is None:
+        return list(range(1, available + 1))
+    picked = [int(b) for b in bands]
+    if not picked or any(b < 1 or b > available for b in picked):
+        raise ValueError(
+            f"bands={list(bands)} does not fit {path}, which has {available} band(s): "
+            f"pass 1-based band indices between 1 and {available} (rasterio convention)."
+        )
+    return picked

@@ -1,0 +1,91 @@
+"""Decode JPEG / PNG files into float RGB tensors with PIL, failing loudly on broken files.
+
+Truncation is detected because the pixels are loaded eagerly (``Image.LOAD_TRUNCATED_IMAGES`` stays off) and
+decompression bombs (``PIL.Image.DecompressionBombError``) are reported as :class:`UnreadableImageError` too.
+When the output will be downscaled, JPEGs are decoded at a reduced DCT scale (``Image.draft``), which makes
+crops of large fMoW scenes several times cheaper without changing the result beyond resampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import UnreadableImageError
+
+#: (left, top, right, bottom) in pixels of the full-resolution image, right/bottom exclusive.
+Box = tuple[int, int, int, int]
+
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header only (no pixel decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except _PIL_ERRORS as err:
+        raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+
+
+def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) -> tuple[torch.Tensor, int, int]:
+    """Read an image as RGB, optionally cropped to ``box``.
+
+    Args:
+        path: JPEG / PNG (any PIL mode: grayscale, RGBA and palette images are converted to RGB).
+        box: crop (left, top, right, bottom) in full-resolution pixels; ``None`` = whole image.
+        out_size: the side the caller will resize to; lets JPEGs decode at a reduced scale that still has at
+            least ``out_size`` pixels across the cropped region. ``None`` = decode at full resolution.
+
+    Returns:
+        ``(image, width, height)``: ``image`` is float32 [3, h, w] in [0, 1] (h, w may be smaller than the region
+        when ``out_size`` allowed a reduced decode); ``width``/``height`` are the region's full-resolution size.
+
+    Raises:
+        UnreadableImageError: the file is missing, corrupt, truncated or a decompression bomb.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                full_w, full_h = im.size
+                left, top, right, bottom = box if box is not None else (0, 0, full_w, full_h)
+                if not (0 <= left < right <= full_w and 0 <= top < bottom <= full_h):
+                    raise UnreadableImageError(
+                        path, f"crop {box} does not fit the {full_w}x{full_h} image (does its metadata match it?)"
+                    )
+                if out_size is not None and im.format == "JPEG":
+                    _draft(im, right - left, bottom - top, out_size)
+                if im.size != (full_w, full_h):  # draft reduced the decode scale: rescale the crop box
+                    sx, sy = im.size[0] / full_w, im.size[1] / full_h
+                    left, top = int(left * sx), int(top * sy)
+                    right, bottom = max(left + 1, round(right * sx)), max(top + 1, round(bottom * sy))
+                im.load()  # decodes everything now: truncated files raise here
+                if box is not None or im.size != (full_w, full_h):
+                    im = im.crop((left, top, right, bottom))
+                if im.mode != "RGB":
+                    im = im.convert("RGB")
+                array = np.array(im, dtype=np.uint8)  # [h, w, 3], a writable copy
+    except UnreadableImageError:
+        raise
+    except _PIL_ERRORS as err:
+        raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+    image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)  # [3, h, w]
+    region_w, region_h = (box[2] - box[0], box[3] - box[1]) if box is not None else (full_w, full_h)
+    return image, region_w, region_h
+
+
+def _draft(im: Image.Image, region_w: int, region_h: int, out_size: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale (1/2, 1/4, 1/8) keeping >= out_size px across the region."""
+    factor = min(region_w, region_h) / out_size  # how much smaller the output is than the region
+    if factor < 2:
+        return
+    w, h = im.size
+    im.draft("RGB", (math.ceil(w / factor), math.ceil(h / factor)))

@@ -1,0 +1,67 @@
+"""Loading an exported encoder for serving: the model card says how, ONNX Runtime runs it.
+
+An exported model is a folder with `encoder.onnx` and `model_card.json`. The ONNX graph takes images in
+scaled units (uint8 / 255, see training.data) already resized to the card's `input_size`, normalises them
+itself, and returns the mean-pooled embedding [B, D] and the patch tokens [B, N, D].
+Everything else in the project (indexer, evaluation, app) loads models through `ExportedEncoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CARD_NAME = "model_card.json"
+ONNX_NAME = "encoder.onnx"
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CARD_NAME} in {model_dir}: export a run with `python -m training export RUN --out DIR`")
+    return json.loads(path.read_text())
+
+
+class ExportedEncoder:
+    """An exported encoder run by ONNX Runtime. `embed(images)` -> [B, D] float32 numpy."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.card = read_card(model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.model_dir / self.card["onnx"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_size = int(self.card["input_size"])
+        self.bands = int(self.card["bands"])
+        self.dim = int(self.card["embedding_dim"])
+        self.name = self.card.get("name", self.model_dir.name)
+
+    def prepare(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """images [B, C, H, W] in scaled units -> float32 [B, C, S, S] at the card's input size."""
+        x = torch.as_tensor(images, dtype=torch.float32)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.shape[1] != self.bands:
+            raise ValueError(f"model {self.name!r} takes {self.bands} bands, the image has {x.shape[1]}")
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        return x.contiguous().numpy()
+
+    def run(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (embeddings [B, D], patch tokens [B, N, D]), float32."""
+        embedding, tokens = self.session.run(["embedding", "tokens"], {"image": self.prepare(images)})
+        return embedding, tokens
+
+    def embed(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Mean-pooled embeddings [B, D] (not normalised)."""
+        return self.session.run(["embedding"], {"image": self.prepare(images)})[0]

@@ -1,0 +1,139 @@
+"""Export a run's encoder to ONNX with a JSON model card, checked against PyTorch on real images.
+
+The exported graph is `ServingEncoder`: normalisation + the timm ViT (for I-JEPA the target encoder, as in
+the paper's evaluation), returning the mean-pooled embedding and the patch tokens. The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.augment import eval_transform
+from training.checkpoint import find_checkpoint, load_checkpoint, read_state
+from training.config import config_from_dict
+from training.data import SkipUnreadable, collate_skipping, open_archive
+from training.encoder import CARD_NAME, ONNX_NAME, ExportedEncoder
+from training.models import build_model
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+class ServingEncoder(nn.Module):
+    """images [B, C, S, S] in scaled units -> (embedding [B, D], tokens [B, N, D])."""
+
+    def __init__(self, vit: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.vit = vit
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.vit.forward_features((image - self.mean) / self.std)  # [B, N, D]
+        return tokens.mean(dim=1), tokens
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def load_run_encoder(run_dir: str | Path) -> tuple[ServingEncoder, dict[str, Any]]:
+    """Rebuild the serving encoder of a run from its checkpoint; returns (encoder in eval mode, state)."""
+    checkpoint = find_checkpoint(Path(run_dir))
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}: train with `python -m training pretrain --out {run_dir}`")
+    state = read_state(checkpoint)
+    config = config_from_dict(state["config"])
+    model = build_model(config)
+    load_checkpoint(checkpoint, model)
+    encoder = ServingEncoder(model.encoder.vit, config.data.stats_mean, config.data.stats_std).eval()
+    return encoder, state
+
+
+def _real_images(state: dict[str, Any], count: int, size: int) -> torch.Tensor:
+    """Up to `count` real images from the run's archive (its test split when there is one), at `size`."""
+    config = config_from_dict(state["config"])
+    d = config.data
+    kwargs = dict(image_size=d.image_size, bands=d.bands, fmow_crop=d.fmow_crop, chip_size=d.chip_size)
+    try:
+        dataset = open_archive(state["data_root"], split="test", **kwargs)
+    except ValueError:
+        dataset = open_archive(state["data_root"], split=d.split, **kwargs)
+    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: count * 2].tolist()
+    samples = [SkipUnreadable(dataset)[i] for i in picks]
+    batch = collate_skipping(samples)
+    if batch["image"] is None:
+        raise ValueError(f"no readable image in {state['data_root']} for the parity check")
+    images = batch["image"][:count]
+    zero, one = torch.zeros(images.shape[1]), torch.ones(images.shape[1])
+    return eval_transform(images, size, zero, one)  # resize only: normalisation is in the graph
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32, name: str | None = None
+               ) -> dict[str, Any]:
+    """Write `out_dir/encoder.onnx` and `out_dir/model_card.json`; raise if ONNX Runtime disagrees with
+    PyTorch by more than 1e-4 on real images. Returns the model card."""
+    encoder, state = load_run_encoder(run_dir)
+    config = config_from_dict(state["config"])
+    m = config.model
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, m.in_chans, m.img_size, m.img_size)
+    program = torch.onnx.export(encoder, (example,), input_names=["image"], output_names=["embedding", "tokens"],
+                                dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=65536)}},
+                                dynamo=True, external_data=False, verbose=False)
+    program.save(str(out_dir / ONNX_NAME), external_data=False)
+
+    grid = m.img_size // m.patch_size
+    card = {
+        "name": name or Path(out_dir).name,
+        "method": config.method,
+        "onnx": ONNX_NAME,
+        "input_size": m.img_size,
+        "bands": m.in_chans,
+        "band_indices": config.data.bands,
+        "input": "float32 [batch, bands, input_size, input_size] in scaled units (uint8 / 255; see training.data)",
+        "normalisation": {"mean": config.data.stats_mean, "std": config.data.stats_std, "in_graph": True},
+        "embedding_dim": m.embed_dim,
+        "pooling": "mean of patch tokens" + (" (target encoder)" if config.method == "ijepa" else ""),
+        "patch_size": m.patch_size,
+        "token_grid": [grid, grid],
+        "outputs": {"embedding": "[batch, D]", "tokens": "[batch, N, D], raster order"},
+        "model": config.to_dict()["model"],
+        "training_data": state.get("data_root"),
+        "training_split": config.data.split,
+        "epochs": round(state["epoch"], 3),
+        "steps": state["step"],
+        "commit": _git_commit(),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out_dir / CARD_NAME).write_text(json.dumps(card, indent=1))
+
+    images = _real_images(state, check_images, m.img_size)
+    with torch.no_grad():
+        expected_embedding, expected_tokens = encoder(images)
+    runtime = ExportedEncoder(out_dir)
+    embedding, tokens = runtime.run(images)
+    diff = max(np.abs(embedding - expected_embedding.numpy()).max(), np.abs(tokens - expected_tokens.numpy()).max())
+    card["parity"] = {"images": int(len(images)), "max_abs_diff": float(diff), "tolerance": PARITY_TOLERANCE}
+    (out_dir / CARD_NAME).write_text(json.dumps(card, indent=1))
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}) on "
+                           f"{len(images)} real images: the export in {out_dir} is not trustworthy")
+    log.info("exported %s to %s: ONNX Runtime matches PyTorch on %d real images (max |diff| %.1e)",
+             run_dir, out_dir, len(images), diff)
+    return card

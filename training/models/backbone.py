@@ -1,0 +1,72 @@
+"""The shared backbone: timm's `VisionTransformer` with no class token, fixed 2-D sin-cos positions and
+mean-pooled patch tokens, plus a forward pass over a subset of patches (for masked pretraining).
+
+The attention, blocks and patch embedding are timm's own; this file only composes them (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from training.config import ModelConfig
+
+
+def sincos_pos_embed(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings, [1, H*W, dim], raster order."""
+    return build_sincos2d_pos_embed(list(grid), dim=dim).unsqueeze(0)
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Select tokens: x [B, N, D], index [B, K] long -> [B, K, D]."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def create_encoder(config: ModelConfig) -> VisionTransformer:
+    """timm ViT: no class token, frozen sin-cos positions, final norm on tokens, mean-pooled, no head.
+
+    `encoder(images [B, C, H, W]) -> [B, D]` is the image embedding used for retrieval and evaluation.
+    """
+    vit = VisionTransformer(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        in_chans=config.in_chans,
+        num_classes=0,
+        global_pool="avg",
+        fc_norm=False,  # keep the LayerNorm on every token (I-JEPA targets are token features)
+        class_token=False,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+    )
+    vit.pos_embed.data.copy_(sincos_pos_embed(vit.patch_embed.grid_size, config.embed_dim))
+    vit.pos_embed.requires_grad_(False)
+    return vit
+
+
+class MaskedViT(nn.Module):
+    """A timm ViT that can run on a subset of its patches.
+
+    forward(images [B, C, H, W], keep [B, K] | None) -> tokens [B, K, D] (all N patches when keep is None),
+    after the final norm. `self.vit` is the plain timm model, exported as is for serving.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.vit = create_encoder(config)
+        self.grid = tuple(self.vit.patch_embed.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        vit = self.vit
+        x = vit.patch_embed(images) + vit.pos_embed  # [B, N, D]
+        if keep is not None:
+            x = gather_tokens(x, keep)  # [B, K, D]
+        x = vit.blocks(vit.norm_pre(x))
+        return vit.norm(x)

@@ -1,0 +1,83 @@
+"""Online kNN monitor: how well the current encoder's frozen embeddings classify a held-out subset.
+
+The I-JEPA loss alone says little about representation quality (it can fall to ~0.01 while features stay
+poor), so training logs this accuracy next to the loss every few epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from training.augment import eval_transform
+from training.config import TrainConfig
+from training.data import open_archive
+from training.feed import preload
+from training.knn import knn_accuracy
+
+log = logging.getLogger(__name__)
+
+
+def _subset(dataset, n: int, seed: int):
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.utils.data.Subset(dataset, idx.tolist())
+
+
+class KnnMonitor:
+    """Holds a fixed labelled subset of two splits in memory; `evaluate(encoder)` returns kNN accuracy."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor],
+                 num_classes: int, config: TrainConfig, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.train, self.held_out = train, held_out
+        self.num_classes = num_classes
+        self.config = config
+        self.mean, self.std = mean, std
+
+    @classmethod
+    def from_archive(cls, root: str, config: TrainConfig, mean: torch.Tensor, std: torch.Tensor,
+                     show_progress: bool = True) -> "KnnMonitor | None":
+        """Build from the archive's train/val splits; None (monitor off) when the archive has no labels."""
+        m, d = config.monitor, config.data
+        kwargs = dict(image_size=d.image_size, bands=d.bands, fmow_crop=d.fmow_crop, chip_size=d.chip_size)
+        train_set = open_archive(root, split=m.split_train, **kwargs)
+        if not train_set.classes:
+            log.info("kNN monitor off: %s has no class labels", root)
+            return None
+        try:
+            eval_set = open_archive(root, split=m.split_eval, **kwargs)
+        except ValueError:
+            eval_set = train_set
+        if len(eval_set) == len(train_set) and eval_set.describe(0)["id"] == train_set.describe(0)["id"]:
+            # No separate split: two disjoint random subsets of the same archive.
+            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(1))
+            half = len(order) // 2
+            eval_set = torch.utils.data.Subset(train_set, order[half:][: m.n_eval].tolist())
+            train_set = torch.utils.data.Subset(train_set, order[:half][: m.n_train].tolist())
+        else:
+            train_set, eval_set = _subset(train_set, m.n_train, 1), _subset(eval_set, m.n_eval, 2)
+        train = preload(train_set, desc="kNN monitor (train)", show_progress=show_progress)[:2]
+        held_out = preload(eval_set, desc="kNN monitor (held out)", show_progress=show_progress)[:2]
+        num_classes = len(open_archive(root, split=m.split_train, **kwargs).classes)
+        return cls(train, held_out, num_classes, config, mean, std)
+
+    @torch.no_grad()
+    def embed(self, encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """encoder: timm ViT (mean-pooled) -> embeddings [N, D]."""
+        device = next(encoder.parameters()).device
+        was_training = encoder.training
+        encoder.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = eval_transform(images[start:start + batch_size], self.config.model.img_size, self.mean, self.std)
+            out.append(encoder(x.to(device)).float().cpu())
+        encoder.train(was_training)
+        return torch.cat(out)
+
+    def evaluate(self, encoder: torch.nn.Module) -> float:
+        """kNN top-1 accuracy (fraction) of held-out images against the train subset."""
+        train = self.embed(encoder, self.train[0])
+        held_out = self.embed(encoder, self.held_out[0])
+        mean = train.mean(dim=0, keepdim=True)  # centre on the train mean, as the study's evaluation does
+        return knn_accuracy(train - mean, self.train[1], held_out - mean, self.held_out[1], self.num_classes,
+                            k=self.config.monitor.k)
