@@ -235,7 +235,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
             _truncate_metrics(metrics_path, self.step)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if self.dist.main else None
+        previous = self._catch_signals()
         start_step, started = self.step, time.perf_counter()
         try:
             self._run(total, max_steps, metrics_path)
@@ -244,12 +244,29 @@ class Trainer:
             self.save(max_steps)
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         elapsed = time.perf_counter() - started
         return {"step": self.step, "total_steps": total, "epochs": self.step / self.steps_per_epoch,
                 "seconds": elapsed, "skipped": self.skipped,
                 "images_per_second": (self.step - start_step) * self.config.batch_size / max(elapsed, 1e-9)}
+
+    def _catch_signals(self) -> dict:
+        """SIGTERM / SIGINT only raise a flag: the loop stops between two steps, so the checkpoint written on
+        interrupt never holds a half-applied optimiser step. A second SIGINT interrupts at once."""
+        self.stop_requested = None
+        if not self.dist.main or signal.getsignal(signal.SIGINT) is None:
+            return {}
+
+        def request_stop(signum, frame):
+            if self.stop_requested == signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_requested = signum
+
+        try:
+            return {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread: leave signals alone
+            return {}
 
     def _run(self, total: int, max_steps: int | None, metrics_path: Path) -> None:
         c = self.config
@@ -276,6 +293,8 @@ class Trainer:
                                  record["lr"], rate)
                         _append_jsonl(metrics_path, record)
                     window_start, window_images = time.perf_counter(), 0
+                if self.stop_requested is not None:
+                    raise KeyboardInterrupt(f"signal {self.stop_requested}")
                 if self.step >= total:
                     break
             if self.step % self.steps_per_epoch == 0 or self.step >= total:
@@ -290,10 +309,6 @@ class Trainer:
             log.info("epoch %.2f: kNN accuracy %.4f on the held-out subset", epoch, accuracy)
             _append_jsonl(metrics_path, {"step": self.step, "epoch": round(epoch, 4), "knn_accuracy": accuracy})
         self.save(max_steps)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,

@@ -19,7 +19,7 @@ from torch import nn
 
 from training.augment import eval_transform
 from training.checkpoint import find_checkpoint, load_checkpoint, read_state
-from training.config import config_from_dict
+from training.config import TrainConfig, config_from_dict
 from training.data import SkipUnreadable, collate_skipping, open_archive
 from training.encoder import CARD_NAME, ONNX_NAME, ExportedEncoder
 from training.models import build_model
@@ -64,31 +64,47 @@ def load_run_encoder(run_dir: str | Path) -> tuple[ServingEncoder, dict[str, Any
     return encoder, state
 
 
-def _real_images(state: dict[str, Any], count: int, size: int) -> torch.Tensor:
-    """Up to `count` real images from the run's archive (its test split when there is one), at `size`."""
-    config = config_from_dict(state["config"])
+def _real_images(data_root: str, config: TrainConfig, count: int) -> torch.Tensor:
+    """Up to `count` real images [B, C, H, W] (scaled units) from an archive, its test split when it has one."""
     d = config.data
     kwargs = dict(image_size=d.image_size, bands=d.bands, fmow_crop=d.fmow_crop, chip_size=d.chip_size)
     try:
-        dataset = open_archive(state["data_root"], split="test", **kwargs)
+        dataset = open_archive(data_root, split="test", **kwargs)
     except ValueError:
-        dataset = open_archive(state["data_root"], split=d.split, **kwargs)
+        dataset = open_archive(data_root, split=d.split, **kwargs)
+    if len(dataset) == 0:
+        dataset = open_archive(data_root, split=None, **kwargs)
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: count * 2].tolist()
-    samples = [SkipUnreadable(dataset)[i] for i in picks]
-    batch = collate_skipping(samples)
+    batch = collate_skipping([SkipUnreadable(dataset)[i] for i in picks])
     if batch["image"] is None:
-        raise ValueError(f"no readable image in {state['data_root']} for the parity check")
-    images = batch["image"][:count]
-    zero, one = torch.zeros(images.shape[1]), torch.ones(images.shape[1])
-    return eval_transform(images, size, zero, one)  # resize only: normalisation is in the graph
+        raise ValueError(f"no readable image in {data_root} for the ONNX parity check")
+    return batch["image"][:count]
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32, name: str | None = None
                ) -> dict[str, Any]:
-    """Write `out_dir/encoder.onnx` and `out_dir/model_card.json`; raise if ONNX Runtime disagrees with
-    PyTorch by more than 1e-4 on real images. Returns the model card."""
+    """Export the encoder of a training run (see `export_encoder`). Returns the model card."""
     encoder, state = load_run_encoder(run_dir)
     config = config_from_dict(state["config"])
+    provenance = {"training_data": state.get("data_root"), "training_split": config.data.split,
+                  "epochs": round(state["epoch"], 3), "steps": state["step"]}
+    images = _real_images(state["data_root"], config, check_images)
+    return export_encoder(encoder, config, out_dir, images, provenance, name=name)
+
+
+def random_init_encoder(config: TrainConfig, seed: int = 0) -> ServingEncoder:
+    """A randomly initialised encoder of the configured architecture (the evaluation's baseline)."""
+    if not config.data.stats_mean:
+        raise ValueError("random_init_encoder needs the archive's band statistics: set config.data.stats_mean/std")
+    torch.manual_seed(seed)
+    model = build_model(config)
+    return ServingEncoder(model.encoder.vit, config.data.stats_mean, config.data.stats_std).eval()
+
+
+def export_encoder(encoder: ServingEncoder, config: TrainConfig, out_dir: str | Path, check_images: torch.Tensor,
+                   provenance: dict[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+    """Write `out_dir/encoder.onnx` and `out_dir/model_card.json`; raise if ONNX Runtime disagrees with
+    PyTorch by more than 1e-4 on `check_images` [B, C, S, S] (real images, scaled units). Returns the card."""
     m = config.model
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,26 +130,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
         "token_grid": [grid, grid],
         "outputs": {"embedding": "[batch, D]", "tokens": "[batch, N, D], raster order"},
         "model": config.to_dict()["model"],
-        "training_data": state.get("data_root"),
-        "training_split": config.data.split,
-        "epochs": round(state["epoch"], 3),
-        "steps": state["step"],
+        **(provenance or {"training_data": None, "epochs": 0, "steps": 0}),
         "commit": _git_commit(),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (out_dir / CARD_NAME).write_text(json.dumps(card, indent=1))
 
-    images = _real_images(state, check_images, m.img_size)
+    images = eval_transform(check_images, m.img_size, torch.zeros(m.in_chans), torch.ones(m.in_chans))
     with torch.no_grad():
         expected_embedding, expected_tokens = encoder(images)
-    runtime = ExportedEncoder(out_dir)
-    embedding, tokens = runtime.run(images)
+    embedding, tokens = ExportedEncoder(out_dir).run(images)
     diff = max(np.abs(embedding - expected_embedding.numpy()).max(), np.abs(tokens - expected_tokens.numpy()).max())
     card["parity"] = {"images": int(len(images)), "max_abs_diff": float(diff), "tolerance": PARITY_TOLERANCE}
     (out_dir / CARD_NAME).write_text(json.dumps(card, indent=1))
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}) on "
                            f"{len(images)} real images: the export in {out_dir} is not trustworthy")
-    log.info("exported %s to %s: ONNX Runtime matches PyTorch on %d real images (max |diff| %.1e)",
-             run_dir, out_dir, len(images), diff)
+    log.info("exported %s: ONNX Runtime matches PyTorch on %d images (max |diff| %.1e)", out_dir, len(images), diff)
     return card

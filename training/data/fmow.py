@@ -106,13 +106,15 @@ def wkt_centroid(wkt: Any) -> tuple[float | None, float | None]:
         pts = pts[:-1]
     if not pts or any(len(p) != 2 for p in pts):
         return None, None
-    area2 = cx = cy = 0.0  # shoelace: twice the signed area and the area-weighted centroid sums
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1]):
+    ox, oy = pts[0]  # shoelace relative to the first vertex, for precision with small polygons
+    rel = [(x - ox, y - oy) for x, y in pts]
+    area2 = cx = cy = 0.0  # twice the signed area and the area-weighted centroid sums
+    for (x0, y0), (x1, y1) in zip(rel, rel[1:] + rel[:1]):
         cross = x0 * y1 - x1 * y0
         area2, cx, cy = area2 + cross, cx + (x0 + x1) * cross, cy + (y0 + y1) * cross
-    if abs(area2) < 1e-15:  # degenerate ring: mean of the vertices
+    if abs(area2) < 1e-18:  # degenerate ring: mean of the vertices
         return sum(p[1] for p in pts) / len(pts), sum(p[0] for p in pts) / len(pts)
-    return cy / (3.0 * area2), cx / (3.0 * area2)
+    return oy + cy / (3.0 * area2), ox + cx / (3.0 * area2)
 
 
 def geo_from_json(meta: dict[str, Any], bb: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -186,7 +188,6 @@ def open_satmae_csv(csv_path: Path, crop: str = "box", **options: Any) -> ImageD
 
 
 def _dataset(root: Path, items: list[Item], classes: list[str], crop: str, options: dict) -> ImageDataset:
-    options = {k: v for k, v in options.items() if k != "scale"}  # JPEGs: always / 255
     reader = geo_from_json_file if crop == "whole" else None
     dataset = ImageDataset(root, items, classes, meta_reader=reader, **options)
     if dataset.unreadable:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,12 @@ def open_splits_csv(root: Path, split: str | None = None, **options: Any) -> Ima
 
 
 def find_class_dir(root: Path) -> Path | None:
-    """The folder holding the class folders: ``root`` itself, or its only subfolder; None if neither has any."""
-    if _class_folders(root):
-        return root
+    """The folder holding the class folders: ``root``, or its only subfolder when that one holds no image itself
+    but class folders (EuroSAT's ``2750/``); None if there are no class folders."""
     subdirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if len(subdirs) == 1 and _class_folders(subdirs[0]):
+    if len(subdirs) == 1 and not _has_image(subdirs[0], recursive=False) and _class_folders(subdirs[0]):
         return subdirs[0]
-    return None
+    return root if _class_folders(root) else None
 
 
 def open_class_folders(root: Path, class_dir: Path | None = None, **options: Any) -> ImageDataset:
@@ -80,12 +80,13 @@ def _class_folders(parent: Path) -> list[Path]:
     )
 
 
-def _has_image(folder: Path) -> bool:
-    return next(_iter_images(folder), None) is not None
+def _has_image(folder: Path, recursive: bool = True) -> bool:
+    return next(_iter_images(folder, recursive), None) is not None
 
 
-def _iter_images(folder: Path):
-    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def _iter_images(folder: Path, recursive: bool = True) -> Iterator[Path]:
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    return (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def _images_under(folder: Path) -> list[Path]:

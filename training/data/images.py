@@ -96,6 +96,7 @@ class ImageDataset(Dataset):
         available = self._raster_band_count() if self.is_raster else 3
         self.bands = check_bands(bands, available, self.root)
         self.num_bands = len(self.bands)
+        self._all_bands = bands is None
         self._rasters = RasterCache()
 
     def __len__(self) -> int:
@@ -106,8 +107,7 @@ class ImageDataset(Dataset):
         item = self.items[index]
         sample = self._base_meta(item)
         if self.is_raster:
-            src = self._rasters.get(item.path)
-            check_bands(self.bands, src.count, item.path)
+            src = self._open_raster(item.path)
             image, sample["nodata_fraction"] = read_window(src, self.bands, None, self.scale)
             sample["width"], sample["height"] = src.width, src.height
         else:
@@ -123,9 +123,9 @@ class ImageDataset(Dataset):
         item = self.items[index]
         meta = self._base_meta(item)
         if self.is_raster:
-            src = self._rasters.get(item.path)
+            src = self._open_raster(item.path)
             meta["width"], meta["height"] = src.width, src.height
-            meta["nodata_fraction"] = nodata_fraction(src, check_bands(self.bands, src.count, item.path))
+            meta["nodata_fraction"] = nodata_fraction(src, self.bands)
         elif item.box is not None:
             meta["width"], meta["height"] = item.box[2] - item.box[0], item.box[3] - item.box[1]
         else:
@@ -152,6 +152,17 @@ class ImageDataset(Dataset):
             **geo,
             "nodata_fraction": 0.0,
         }
+
+    def _open_raster(self, path: Path) -> Any:
+        """The open GeoTIFF, checked to have the bands this dataset reads."""
+        src = self._rasters.get(path)
+        if self._all_bands and src.count != self.num_bands:
+            raise ValueError(
+                f"{path} has {src.count} bands but other files of {self.root} have {self.num_bands}: pass "
+                "bands=[...] (1-based indices present in every file) to read the same bands from each."
+            )
+        check_bands(self.bands, src.count, path)
+        return src
 
     def _raster_band_count(self) -> int:
         """Band count of the first readable GeoTIFF (all files must agree unless ``bands`` is given)."""

@@ -130,7 +130,8 @@ def centre_latlon(src: Any, col: float, row: float) -> tuple[float | None, float
     """(lat, lon) in EPSG:4326 of pixel position (col, row) — e.g. a chip centre; (None, None) without a CRS."""
     if src.crs is None:
         return None, None
-    x, y = src.transform * (col, row)
+    t = src.transform  # affine pixel -> CRS coordinates
+    x, y = t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
     lons, lats = rasterio.warp.transform(src.crs, "EPSG:4326", [x], [y])
     return float(lats[0]), float(lons[0])
 
