@@ -153,3 +153,15 @@ def test_seeded_runs_are_reproducible(archive, tmp_path):
     a.fit(max_steps=3), b.fit(max_steps=3)
     for x, y in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_corrupt_files_are_skipped_counted_and_reported(preload, tmp_path, caplog):
+    archive = make_scene_archive(tmp_path / "archive")
+    (archive / "2750" / "Forest" / "Forest_1.jpg").write_bytes(b"not a jpeg at all")
+    truncated = archive / "2750" / "Water" / "Water_2.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    config = tiny_config("mae", epochs=1, monitor={"every": 0}, data={"preload": preload})
+    summary = pretrain(config, str(archive), tmp_path / "run", show_progress=False)
+    assert summary["skipped"] == 2 and summary["step"] > 0
+    assert "Forest_1.jpg" in caplog.text and "Water_2.jpg" in caplog.text

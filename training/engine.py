@@ -205,10 +205,10 @@ class Trainer:
         self.learner = Learner(config, self.device, self.mean, self.std, self.dist)
         self.model, self.optimizer = self.learner.model, self.learner.optimizer
         self.step = 0
-        self.skipped = 0
+        self.skipped = self.feed.skipped_on_load
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer)
-            self.step, self.skipped = state["step"], state.get("skipped", 0)
+            self.step, self.skipped = state["step"], max(self.skipped, state.get("skipped", 0))
             log.info("resumed from %s at step %d", checkpoint, self.step)
         self.monitor = None
         if config.monitor.every > 0 and self.dist.main:

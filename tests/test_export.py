@@ -1,0 +1,69 @@
+"""Export: ONNX encoder with a dynamic batch axis and a model card, matching PyTorch on real images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scenes import make_scene_archive
+from training.encoder import ExportedEncoder
+from training.engine import pretrain
+from training.export import export_run, load_run_encoder
+from test_training import tiny_config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    archive = make_scene_archive(root / "archive")
+    pretrain(tiny_config("ijepa", epochs=1, monitor={"every": 0}), str(archive), root / "run", show_progress=False)
+    card = export_run(root / "run", root / "exported", check_images=8)
+    return root, archive, card
+
+
+def test_model_card_describes_the_model(exported):
+    root, archive, card = exported
+    on_disk = json.loads((root / "exported" / "model_card.json").read_text())
+    assert on_disk == card
+    assert card["method"] == "ijepa" and card["input_size"] == 64 and card["bands"] == 3
+    assert card["embedding_dim"] == 48 and card["token_grid"] == [8, 8]
+    assert len(card["normalisation"]["mean"]) == 3 and card["training_data"] == str(archive)
+    assert card["epochs"] == 1.0 and "target encoder" in card["pooling"]
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnx_runtime_matches_pytorch_for_any_batch(exported, batch):
+    root, _, _ = exported
+    encoder, _ = load_run_encoder(root / "run")
+    images = torch.rand(batch, 3, 64, 64)
+    with torch.no_grad():
+        expected, expected_tokens = encoder(images)
+    runtime = ExportedEncoder(root / "exported")
+    embedding, tokens = runtime.run(images)
+    assert embedding.shape == (batch, 48) and tokens.shape == (batch, 64, 48)
+    np.testing.assert_allclose(embedding, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(tokens, expected_tokens.numpy(), atol=1e-4)
+
+
+def test_exported_encoder_resizes_and_checks_bands(exported):
+    root, _, _ = exported
+    runtime = ExportedEncoder(root / "exported")
+    assert runtime.embed(torch.rand(2, 3, 100, 80)).shape == (2, 48)
+    with pytest.raises(ValueError, match="takes 3 bands"):
+        runtime.embed(torch.rand(1, 4, 64, 64))
+
+
+def test_export_on_real_eurosat_images(shared_data, tmp_path):
+    pretrain(tiny_config("mae", epochs=1, monitor={"every": 0}), str(shared_data / "eurosat-rgb"), tmp_path / "run",
+             max_steps=2, show_progress=False)
+    card = export_run(tmp_path / "run", tmp_path / "exported", check_images=16)
+    assert card["parity"]["images"] == 16 and card["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_missing_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m training pretrain"):
+        export_run(tmp_path / "nothing", tmp_path / "out")
