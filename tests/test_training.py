@@ -165,3 +165,14 @@ def test_corrupt_files_are_skipped_counted_and_reported(preload, tmp_path, caplo
     summary = pretrain(config, str(archive), tmp_path / "run", show_progress=False)
     assert summary["skipped"] == 2 and summary["step"] > 0
     assert "Forest_1.jpg" in caplog.text and "Water_2.jpg" in caplog.text
+
+
+def test_preload_skips_unreadable_files_inside_a_subset(tmp_path):
+    # DataLoader calls Subset.__getitems__ when it exists: the skipping wrapper must not pass it through.
+    from training.data import open_archive
+    from training.feed import preload
+    archive = make_scene_archive(tmp_path / "archive")
+    (archive / "2750" / "Forest" / "Forest_1.jpg").write_bytes(b"broken")
+    dataset = open_archive(archive, split="train")
+    images, labels, skipped = preload(torch.utils.data.Subset(dataset, list(range(len(dataset)))), show_progress=False)
+    assert skipped == 1 and len(images) == len(dataset) - 1 == len(labels)

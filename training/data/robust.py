@@ -46,6 +46,8 @@ class SkipUnreadable(Dataset):
     def __getattr__(self, name: str) -> Any:
         if name in ("dataset", "_warned"):  # not set yet (e.g. while unpickling): avoid infinite recursion
             raise AttributeError(name)
+        if name.startswith("__"):  # e.g. Subset.__getitems__, which DataLoader would call, bypassing the skip
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
 
