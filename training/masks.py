@@ -66,43 +66,50 @@ class MultiBlockMaskGenerator:
         aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
         return self._block_size(scale, aspect)
 
-    def _place(self, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
-        """A block of `size` at a random position, as a boolean [H, W] map."""
+    def _corners(self, size: tuple[int, int], shape: tuple[int, ...], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random top/left corners of blocks of `size`, each of `shape`."""
         h, w = size
-        top = int(torch.randint(0, self.height - h + 1, (1,), generator=gen))
-        left = int(torch.randint(0, self.width - w + 1, (1,), generator=gen))
-        block = torch.zeros(self.height, self.width, dtype=torch.bool)
-        block[top : top + h, left : left + w] = True
-        return block
+        top = torch.randint(0, self.height - h + 1, shape, generator=gen)
+        left = torch.randint(0, self.width - w + 1, shape, generator=gen)
+        return top, left
 
-    def _one_image(self, target_size, context_size, gen) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        best_context, best_targets = None, None
-        for _ in range(self.max_tries):
-            targets = [self._place(target_size, gen) for _ in range(self.num_targets)]
-            context = self._place(context_size, gen)
-            for target in targets:
-                context &= ~target
-            if best_context is None or context.sum() > best_context.sum():
-                best_context, best_targets = context, targets
-            if best_context.sum() >= self.min_keep:
-                break
-        if best_context.sum() == 0:  # context block fell inside the targets: use everything else
-            best_context = ~torch.stack(best_targets).any(0)
-        return best_context.flatten().nonzero().squeeze(1), [t.flatten().nonzero().squeeze(1) for t in best_targets]
+    def _block_maps(self, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Boolean maps [..., H, W] of the blocks of `size` at corners `top`, `left` (each [...])."""
+        rows = torch.arange(self.height).view(-1, 1)
+        cols = torch.arange(self.width).view(1, -1)
+        top, left = top[..., None, None], left[..., None, None]
+        return (rows >= top) & (rows < top + size[0]) & (cols >= left) & (cols < left + size[1])
 
     def __call__(self, batch_size: int, gen: torch.Generator) -> BlockMasks:
         target_size = self._sample_size(self.target_scale, self.target_aspect, gen)
         context_size = self._sample_size(self.context_scale, (1.0, 1.0), gen)
-        contexts, targets = [], []
-        for _ in range(batch_size):
-            context, blocks = self._one_image(target_size, context_size, gen)
-            contexts.append(context)
-            targets.append(torch.stack(blocks))  # [M, h*w]
+        b, t, m = batch_size, self.max_tries, self.num_targets
+        # Every image tries `max_tries` placements at once; the first that keeps >= min_keep context
+        # patches wins, else the one that keeps the most.
+        target_top, target_left = self._corners(target_size, (b, t, m), gen)
+        targets = self._block_maps(target_top, target_left, target_size)  # [B, T, M, H, W]
+        context = self._block_maps(*self._corners(context_size, (b, t), gen), context_size)  # [B, T, H, W]
+        context = context & ~targets.any(dim=2)
+        kept = context.flatten(2).sum(-1)  # [B, T]
+        good = kept >= self.min_keep
+        choice = torch.where(good.any(1), good.float().argmax(1), kept.argmax(1))  # [B]
+        rows = torch.arange(b)
+        context = context[rows, choice].flatten(1)  # [B, N]
+        targets = targets[rows, choice]  # [B, M, H, W]
+        empty = context.sum(1) == 0  # context block inside the targets: use everything else
+        context[empty] = ~targets[empty].any(1).flatten(1)
         # Every image keeps the same number of context patches so the batch stacks: a random subset of the
         # smallest size, kept in raster order (the official code keeps the first ones, biasing to the top).
-        keep = min(len(c) for c in contexts)
-        contexts = [c[torch.randperm(len(c), generator=gen)[:keep].sort().values] for c in contexts]
-        return BlockMasks(context=torch.stack(contexts), targets=torch.stack(targets))
+        keep = int(context.sum(1).min())
+        scores = torch.rand(context.shape, generator=gen).masked_fill(~context, 2.0)
+        context_idx = scores.topk(keep, dim=1, largest=False).indices.sort(dim=1).values  # [B, Nc]
+        # Target patches of a rectangle: (top + dy) * W + (left + dx), raster order within the block.
+        top, left = target_top[rows, choice], target_left[rows, choice]  # [B, M]
+        dy = torch.arange(target_size[0]).view(-1, 1)
+        dx = torch.arange(target_size[1]).view(1, -1)
+        offsets = (dy * self.width + dx).flatten()  # [h*w]
+        target_idx = (top * self.width + left)[..., None] + offsets  # [B, M, h*w]
+        return BlockMasks(context=context_idx, targets=target_idx)
 
 
 def random_masking_indices(
