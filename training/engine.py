@@ -270,6 +270,8 @@ class Trainer:
 
     def _run(self, total: int, max_steps: int | None, metrics_path: Path) -> None:
         c = self.config
+        if self.step == 0 and self.monitor is not None:  # the starting point of the kNN curve
+            self._log_knn(metrics_path)
         bar = tqdm(total=total, initial=self.step, unit="step", disable=not self.show_progress,
                    desc=f"{c.method} pretraining")
         window_start, window_images = time.perf_counter(), 0
@@ -305,10 +307,14 @@ class Trainer:
         epoch = self.step / self.steps_per_epoch
         every = self.config.monitor.every
         if self.monitor is not None and every > 0 and (round(epoch) % every == 0 or self.step == self.total_steps(max_steps)):
-            accuracy = self.monitor.evaluate(self.model.encoder.vit)
-            log.info("epoch %.2f: kNN accuracy %.4f on the held-out subset", epoch, accuracy)
-            _append_jsonl(metrics_path, {"step": self.step, "epoch": round(epoch, 4), "knn_accuracy": accuracy})
+            self._log_knn(metrics_path)
         self.save(max_steps)
+
+    def _log_knn(self, metrics_path: Path) -> None:
+        epoch = self.step / self.steps_per_epoch
+        accuracy = self.monitor.evaluate(self.model.encoder.vit)
+        log.info("epoch %.2f: kNN accuracy %.4f on the held-out subset", epoch, accuracy)
+        _append_jsonl(metrics_path, {"step": self.step, "epoch": round(epoch, 4), "knn_accuracy": accuracy})
 
 
 def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,

@@ -1,0 +1,143 @@
+"""Figures of the study, from files that the study's commands wrote:
+
+    python study/report.py [--runs runs/study] [--features index] [--archive ../shared/data/eurosat-rgb]
+
+* `study/figures/curves.png`: loss and online kNN accuracy (val subset) against epoch, per method, from
+  `runs/study/<method>/metrics.jsonl` (written by `study/pretrain.sh`).
+* `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
+  `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
+  embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<split>.npz`), with the same
+  centring and cosine as the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = REPO / "study" / "figures"
+METHODS = {"ijepa": "I-JEPA", "mae": "MAE"}
+
+
+def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [r for r in records if "loss" in r], [r for r in records if "knn_accuracy" in r]
+
+
+def plot_curves(runs: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for method, title in METHODS.items():
+        if not (runs / method / "metrics.jsonl").is_file():
+            continue
+        losses, knn = read_metrics(runs / method)
+        axis = axes[0] if method == "ijepa" else axes[1]
+        axis.plot([r["epoch"] for r in losses], [r["loss"] for r in losses], lw=1)
+        axis.set(title=f"{title} training loss", xlabel="epoch", ylabel="loss")
+        axes[2].plot([r["epoch"] for r in knn], [100 * r["knn_accuracy"] for r in knn], marker="o", label=title)
+    axes[2].set(title="online kNN accuracy (val subset)", xlabel="epoch", ylabel="kNN20 accuracy (%)")
+    axes[2].legend()
+    fig.tight_layout()
+    path = FIGURES / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def load_features(features: Path, model: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with np.load(features / model / f"features-{split}.npz", allow_pickle=False) as data:
+        return data["x"], data["y"], [str(c) for c in data["classes"]]
+
+
+def _split_paths(archive: Path, split: str) -> list[Path]:
+    from training.data import open_archive
+
+    dataset = open_archive(archive, split)
+    return [Path(dataset.describe(i)["path"]) for i in range(len(dataset))]
+
+
+def plot_queries(features: Path, archive: Path, models: list[str], queries_per_class: int = 1, top: int = 5) -> Path:
+    train_paths, test_paths = _split_paths(archive, "train"), _split_paths(archive, "test")
+    rng = np.random.default_rng(0)
+    _, y_test, classes = load_features(features, models[0], "test")
+    picks = [int(rng.choice(np.flatnonzero(y_test == c))) for c in range(len(classes))
+             for _ in range(queries_per_class)][::2]  # every other class keeps the grid readable
+    neighbours = {}
+    for model in models:
+        x_train, y_train, _ = load_features(features, model, "train")
+        x_test, _, _ = load_features(features, model, "test")
+        assert len(x_train) == len(train_paths) and len(x_test) == len(test_paths), "cache does not match archive"
+        mean = x_train.mean(0, keepdims=True)
+        train = x_train - mean
+        train /= np.linalg.norm(train, axis=1, keepdims=True)
+        query = x_test[picks] - mean
+        query /= np.linalg.norm(query, axis=1, keepdims=True)
+        neighbours[model] = np.argsort(-(query @ train.T), axis=1)[:, :top], y_train
+    rows, cols = len(picks), 1 + top * len(models)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.15, rows * 1.35))
+    for r, q in enumerate(picks):
+        axes[r, 0].imshow(Image.open(test_paths[q]))
+        axes[r, 0].set_title(f"query\n{classes[y_test[q]]}", fontsize=6)
+        for m, model in enumerate(models):
+            idx, y_train = neighbours[model]
+            for j, n in enumerate(idx[r]):
+                ax = axes[r, 1 + m * top + j]
+                ax.imshow(Image.open(train_paths[n]))
+                ok = y_train[n] == y_test[q]
+                ax.set_title(f"{METHODS.get(model, model)} #{j + 1}\n{classes[y_train[n]]}", fontsize=5,
+                             color="green" if ok else "red")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle("Test queries and their top-5 train neighbours (green: same class)", fontsize=8)
+    fig.tight_layout()
+    path = FIGURES / "queries.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_embedding_map(features: Path, models: list[str], points: int = 2000) -> Path:
+    from sklearn.manifold import TSNE
+
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5.5))
+    for ax, model in zip(np.atleast_1d(axes), models):
+        x_train, _, _ = load_features(features, model, "train")
+        x, y, classes = load_features(features, model, "test")
+        pick = np.random.default_rng(0).permutation(len(x))[:points]
+        x = x[pick] - x_train.mean(0, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(x)
+        for c, name in enumerate(classes):
+            ax.scatter(*xy[y[pick] == c].T, s=3, label=name)
+        ax.set(title=f"{METHODS.get(model, model)}: t-SNE of {len(pick)} test embeddings", xticks=[], yticks=[])
+    np.atleast_1d(axes)[-1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    path = FIGURES / "embedding_map.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(REPO / "runs" / "study"))
+    parser.add_argument("--features", default=str(REPO / "index"), help="index dir used by indexing evaluate")
+    parser.add_argument("--archive", default=str(REPO.parent / "shared" / "data" / "eurosat-rgb"))
+    parser.add_argument("--models", nargs="+", default=["ijepa", "mae"])
+    args = parser.parse_args()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    print(plot_curves(Path(args.runs)))
+    print(plot_queries(Path(args.features), Path(args.archive), args.models))
+    print(plot_embedding_map(Path(args.features), args.models))
+
+
+if __name__ == "__main__":
+    main()
