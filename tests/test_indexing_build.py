@@ -16,7 +16,7 @@ import pytest
 
 from indexing.__main__ import main
 from indexing.build import build
-from indexing.catalog import connect, load_vectors
+from indexing.catalog import load_vectors
 from indexing.search import candidate_ids, search_image, search_vectors
 from indexing.store import open_index
 from indexing.testing import cached_tiny_model, write_archive, write_splits

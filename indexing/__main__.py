@@ -1,0 +1,87 @@
+"""Command line: ``python -m indexing {build,search,merge,evaluate} ...`` (parses arguments, calls one function)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m indexing", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    build = verbs.add_parser("build", help="embed an archive into a FAISS index + DuckDB catalogue (incremental)")
+    build.add_argument("--model", required=True, help="registry name (assets/models/<name>) or exported-model dir")
+    build.add_argument("--archive", help="image archive (default: the demo archive assets/demo)")
+    build.add_argument("--index-dir", help="folder of the indexes (default: index/ at the repo root)")
+    build.add_argument("--spec", help="FAISS index-factory string (default: IVF sized to the archive, or exact)")
+    build.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: nlist/16, >= 8)")
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--commit-every", type=int, default=512, help="samples per committed chunk")
+    build.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                       help="torch: --model is a training run folder, run in PyTorch eager mode")
+    build.add_argument("--shard", help="i/n: embed shard i of n into its own inverted lists (then `merge`)")
+
+    search = verbs.add_parser("search", help="top-k similar images for a query image")
+    search.add_argument("image", help="query image (JPEG, PNG or GeoTIFF)")
+    search.add_argument("--model", required=True)
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--where", help="SQL filter on the catalogue, e.g. \"label = 'Forest'\"")
+    search.add_argument("--json", action="store_true", help="print a JSON list of {id, path, score, label, ...}")
+    search.add_argument("--index-dir")
+
+    merge = verbs.add_parser("merge", help="join the shards built with --shard into one index")
+    merge.add_argument("--model", required=True)
+    merge.add_argument("--index-dir")
+
+    evaluate = verbs.add_parser("evaluate", help="mAP@k, P@k, kNN and linear probe for models and baselines")
+    evaluate.add_argument("--model", nargs="+", required=True)
+    evaluate.add_argument("--archive", help="archive with train/val/test splits (default: the demo archive)")
+    evaluate.add_argument("--index-dir", help="where embeddings are cached (default: index/)")
+    evaluate.add_argument("--json", dest="json_file", help="write every number to this JSON file")
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel rows")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    try:
+        if args.verb == "build":
+            if args.shard:
+                from .shard import build_shard
+
+                print(build_shard(args.model, args.shard, args.archive, args.index_dir, batch_size=args.batch_size,
+                                  commit_every=args.commit_every).report())
+            else:
+                from .build import build
+
+                print(build(args.model, args.archive, args.index_dir, spec=args.spec, nprobe=args.nprobe,
+                            batch_size=args.batch_size, commit_every=args.commit_every,
+                            backend=args.backend).report())
+        elif args.verb == "search":
+            from .search import format_results, search_image
+
+            rows = search_image(args.model, args.image, args.k, args.where, args.index_dir)
+            print(format_results(rows, args.json))
+        elif args.verb == "merge":
+            from .shard import merge
+
+            print(merge(args.model, args.index_dir).report())
+        elif args.verb == "evaluate":
+            from .evaluate import evaluate
+
+            print(evaluate(args.model, args.archive, args.index_dir, args.json_file,
+                           baselines=not args.no_baselines))
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        logging.getLogger("indexing").error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

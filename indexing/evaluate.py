@@ -1,0 +1,153 @@
+"""``python -m indexing evaluate``: offline quality of frozen embeddings on an archive with train/val/test splits.
+
+Retrieval: test queries against the train archive, relevant = same class, mAP@k / P@k (:mod:`indexing.metrics`).
+Classification: weighted kNN (k = 20, cosine, weights exp(s / 0.07), ``training.knn``) and a linear probe
+(:mod:`indexing.probe`, C tuned on val, reported on test). Retrieval and kNN use features centred on the train
+mean and L2-normalised, as in the floors of NOTES.md. Baselines go through the same code: ``random-init`` (the
+first model's architecture, randomly initialised, exported like a trained model) and ``raw-pixels`` (16 x 16
+average-pooled pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import open_archive
+from training.knn import knn_accuracy
+
+from .encoders import OnnxEncoder
+from .metrics import DEFINITION, retrieval_metrics
+from .paths import DEFAULT_INDEX_DIR, model_key, resolve_archive, resolve_model
+from .probe import fit_linear_probe, predict, save_head
+from .reader import iter_batches
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ("linear", "kNN20", "mAP@10", "mAP@20", "mAP@100", "P@10")
+PIXEL_GRID = 16
+PIXEL_SIZE = 64
+
+
+def split_features(archive: Path, split: str, cache: Path, embed: Any, key: dict[str, Any], image_size: int,
+                   bands: list[int] | None, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(features [N, D], labels [N], classes)`` of one split, computed by ``embed(images [B, C, S, S])`` or
+    read from ``cache/features-<split>.npz`` when its key (model identity, archive, split) matches."""
+    path = cache / f"features-{split}.npz"
+    key = {**key, "archive": str(archive), "split": split}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) == key:
+                return data["x"], data["y"], [str(c) for c in data["classes"]]
+    dataset = open_archive(archive, split, image_size=image_size, bands=bands)
+    xs, ys = [], []
+    from tqdm import tqdm
+
+    with tqdm(total=len(dataset), desc=f"{key.get('name', '')} {split}", unit="img", disable=None) as bar:
+        for batch in iter_batches(dataset, range(len(dataset)), batch_size):
+            ok = [s for _, s in batch if not isinstance(s, str)]
+            if len(ok) < len(batch):
+                logger.warning("%s: %d unreadable images skipped", split, len(batch) - len(ok))
+            if ok:
+                xs.append(np.asarray(embed(torch.stack([s["image"] for s in ok])), dtype=np.float32))
+                ys.append(np.array([s["label"] for s in ok], dtype=np.int64))
+            bar.update(len(batch))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y, classes=np.array(dataset.classes, dtype=str), key=np.array(json.dumps(key)))
+    return x, y, list(dataset.classes)
+
+
+def pooled_pixels(images: torch.Tensor) -> np.ndarray:
+    """Raw-pixel baseline features: images [B, C, H, W] average-pooled to 16 x 16 -> [B, C * 256]."""
+    return F.adaptive_avg_pool2d(images, PIXEL_GRID).flatten(1).numpy()
+
+
+def score(features: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> tuple[dict[str, float], dict]:
+    """All numbers of one table row (fractions) and the fitted linear head, from per-split (x, y)."""
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (features[s] for s in SPLITS)
+    mean = x_train.mean(axis=0, keepdims=True)
+    train_c, test_c = x_train - mean, x_test - mean  # centred; cosine normalises rows
+    row = retrieval_metrics(test_c, y_test, train_c, y_train)
+    row["kNN20"] = knn_accuracy(torch.from_numpy(train_c), torch.from_numpy(y_train), torch.from_numpy(test_c),
+                                torch.from_numpy(y_test), num_classes, k=20, temperature=0.07)
+    head = fit_linear_probe(x_train, y_train, x_val, y_val)
+    row["linear"] = float((predict(head, x_test) == y_test).mean())
+    row["linear_C"], row["linear_val"] = head["C"], head["val_accuracy"]
+    return row, head
+
+
+def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path:
+    """Export (once, cached under ``cache``) a randomly initialised encoder with the first model's architecture
+    and normalisation, the baseline that shows what training added."""
+    from training.config import load_config
+    from training.encoder import read_card
+    from training.export import export_encoder, random_init_encoder
+
+    card = read_card(first_model_dir)
+    out = cache / f"random-init-{card['method']}-{card['model']['embed_dim']}x{card['model']['depth']}"
+    if (out / "model_card.json").is_file() and read_card(out).get("model") == card["model"]:
+        return out
+    norm = card["normalisation"]
+    config = load_config(None, method=card["method"], model=card["model"],
+                         data={"stats_mean": norm["mean"], "stats_std": norm["std"], "bands": card.get("band_indices")})
+    size = int(card["input_size"])
+    dataset = open_archive(archive, "train", image_size=size, bands=card.get("band_indices"))
+    images = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))])
+    export_encoder(random_init_encoder(config, seed=0), config, out, images,
+                   provenance={"training_data": None, "epochs": 0, "steps": 0, "baseline": "random-init"},
+                   name="random-init")
+    return out
+
+
+def evaluate(models: list[str], archive: str | Path | None = None, index_dir: str | Path | None = None,
+             json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True) -> str:
+    """Evaluate ``models`` (registry names or exported-model folders) plus baselines; returns the Markdown table
+    (and writes every number to ``json_file``). Saves each model's linear head next to it."""
+    archive = resolve_archive(archive)
+    root = Path(index_dir or DEFAULT_INDEX_DIR)
+    dirs = {model_key(m): resolve_model(m) for m in models}
+    if baselines:
+        dirs["random-init"] = random_init_model(next(iter(dirs.values())), archive, root / "_baselines")
+    rows: dict[str, dict[str, float]] = {}
+    classes: list[str] = []
+    for name, model_dir in dirs.items():
+        encoder = OnnxEncoder(model_dir)
+        key = {"name": name, "model": encoder.identity}
+        feats = {}
+        for s in SPLITS:
+            x, y, classes = split_features(archive, s, root / name, encoder.embed, key, encoder.input_size,
+                                           encoder.card.get("band_indices"))
+            feats[s] = (x, y)
+        rows[name], head = score(feats, len(classes))
+        if save_heads and name != "random-init":
+            logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
+    if baselines:
+        key = {"name": "raw-pixels", "model": f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"}
+        feats = {s: split_features(archive, s, root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE,
+                                   None)[:2] for s in SPLITS}
+        rows["raw-pixels"], _ = score(feats, len(classes))
+    table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS})
+    if json_file:
+        Path(json_file).write_text(json.dumps({"archive": str(archive), "definition": DEFINITION,
+                                               "queries": "test split", "database": "train split",
+                                               "rows": rows}, indent=1))
+    return table
+
+
+def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int]) -> str:
+    """One row per model, numbers in %, with the protocol and the AP definition underneath."""
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in COLUMNS) + " |")
+    lines.append(f"\n{archive}: queries = test ({sizes['test']}), archive = train ({sizes['train']}), relevant = "
+                 f"same class; linear probe C tuned on val ({sizes['val']}); kNN k=20, cosine, exp(s/0.07); "
+                 "features centred on the train mean for retrieval and kNN.\n" + DEFINITION)
+    return "\n".join(lines)

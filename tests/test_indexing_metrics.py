@@ -1,0 +1,68 @@
+"""mAP@k / P@k against hand-computed values and scikit-learn, and the evaluate command on a tiny archive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from indexing.__main__ import main
+from indexing.metrics import average_precision_at_k, precision_at_k, ranked_relevance, retrieval_metrics
+from indexing.probe import load_head, predict
+from indexing.testing import cached_tiny_model, write_archive
+
+EUROSAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eurosat-rgb"
+
+
+def test_ap_at_k_by_hand():
+    rel = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 1, 1, 1, 1]], dtype=bool)
+    # query 0, R = 2: (1/1 + 2/3) / min(5, 2) ; query 1: no hit ; query 2, R = 10: (1/2 + 2/3 + 3/4 + 4/5) / 5
+    expected = [(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3 + 3 / 4 + 4 / 5) / 5]
+    np.testing.assert_allclose(average_precision_at_k(rel, np.array([2, 3, 10]), 5), expected)
+    # k = 2 cuts the list: query 0: 1/1 / min(2, 2) ; query 2: 1/2 / 2
+    np.testing.assert_allclose(average_precision_at_k(rel, np.array([2, 3, 10]), 2), [0.5, 0.0, 0.25])
+    np.testing.assert_allclose(precision_at_k(rel, 5), [0.4, 0.0, 0.8])
+    assert average_precision_at_k(rel[:1], np.array([0]), 5)[0] == 0.0  # no relevant image at all
+
+
+def test_map_equals_sklearn_average_precision_when_k_covers_the_archive():
+    rng = np.random.default_rng(0)
+    archive, labels = rng.normal(size=(200, 16)), rng.integers(0, 4, 200)
+    queries, query_labels = rng.normal(size=(30, 16)) + 0.3, rng.integers(0, 4, 30)
+    relevance = ranked_relevance(queries, query_labels, archive, labels, k=200)
+    ours = average_precision_at_k(relevance, np.bincount(labels)[query_labels], 200)
+    a = archive / np.linalg.norm(archive, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    theirs = [average_precision_score(labels == c, a @ v) for v, c in zip(q, query_labels)]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    metrics = retrieval_metrics(queries, query_labels, archive, labels, ks=(10, 200))
+    assert metrics["mAP@200"] == pytest.approx(np.mean(theirs))
+
+
+def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_path):
+    model = cached_tiny_model(tmp_path_factory.getbasetemp())
+    archive = write_archive(tmp_path / "arch", per_class=8)
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
+                 "--json", str(report)]) == 0
+    numbers = json.loads(report.read_text())
+    assert set(numbers["rows"]) == {model.name, "random-init", "raw-pixels"}
+    assert "min(k, R)" in numbers["definition"]
+    for row in numbers["rows"].values():
+        assert 0 <= row["mAP@10"] <= 1 and 0 <= row["linear"] <= 1 and 0 <= row["kNN20"] <= 1
+    head = load_head(model)
+    assert head["weight"].shape == (3, 48) and head["classes"] == ["Forest", "River", "SeaLake"]
+    features = np.load(tmp_path / "ix" / model.name / "features-test.npz")
+    accuracy = (predict(head, features["x"]) == features["y"]).mean()
+    assert accuracy == pytest.approx(numbers["rows"][model.name]["linear"])
+
+
+@pytest.mark.skipif(not (EUROSAT / "splits.csv").is_file(), reason=f"EuroSAT not found at {EUROSAT}")
+def test_eurosat_splits_are_read_with_labels():
+    from training.data import open_archive
+
+    test = open_archive(EUROSAT, "test")
+    assert len(test) == 5400 and len(test.classes) == 10
