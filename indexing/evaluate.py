@@ -70,15 +70,27 @@ def pooled_pixels(images: torch.Tensor) -> np.ndarray:
     return F.adaptive_avg_pool2d(images, PIXEL_GRID).flatten(1).numpy()
 
 
+def evaluation_splits(archive: Path) -> dict[str, str | None]:
+    """Which split plays which role: {"train", "val", "test"} -> split name. An archive without a labelled test
+    split (fMoW: train/val) is queried with val, and its linear probe is not tuned (C = 1)."""
+    try:
+        has_test = len(open_archive(archive, "test")) > 0
+    except ValueError:
+        has_test = False
+    return {"train": "train", "val": "val", "test": "test"} if has_test else {"train": "train", "val": None,
+                                                                             "test": "val"}
+
+
 def score(features: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> tuple[dict[str, float], dict]:
-    """All numbers of one table row (fractions) and the fitted linear head, from per-split (x, y)."""
+    """All numbers of one table row (fractions) and the fitted linear head, from per-split (x, y); an empty
+    val split means no tuning (C = 1)."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (features[s] for s in SPLITS)
     mean = x_train.mean(axis=0, keepdims=True)
     train_c, test_c = x_train - mean, x_test - mean  # centred; cosine normalises rows
     row = retrieval_metrics(test_c, y_test, train_c, y_train)
     row["kNN20"] = knn_accuracy(torch.from_numpy(train_c), torch.from_numpy(y_train), torch.from_numpy(test_c),
                                 torch.from_numpy(y_test), num_classes, k=20, temperature=0.07)
-    head = fit_linear_probe(x_train, y_train, x_val, y_val)
+    head = fit_linear_probe(x_train, y_train, x_val, y_val, **({} if len(x_val) else {"grid": (1.0,)}))
     row["linear"] = float((predict(head, x_test) == y_test).mean())
     row["linear_C"], row["linear_val"] = head["C"], head["val_accuracy"]
     return row, head
@@ -116,38 +128,50 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
     dirs = {model_key(m): resolve_model(m) for m in models}
     if baselines:
         dirs["random-init"] = random_init_model(next(iter(dirs.values())), archive, root / "_baselines")
+    roles = evaluation_splits(archive)
     rows: dict[str, dict[str, float]] = {}
     classes: list[str] = []
+
+    def features_of(cache: Path, embed, key, size, bands) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        nonlocal classes
+        out = {}
+        for role, split in roles.items():
+            if split is None:
+                out[role] = (np.zeros((0, out["train"][0].shape[1]), np.float32), np.zeros(0, np.int64))
+                continue
+            x, y, classes = split_features(archive, split, cache, embed, key, size, bands)
+            out[role] = (x, y)
+        return out
+
     for name, model_dir in dirs.items():
         encoder = OnnxEncoder(model_dir)
         key = {"name": name, "model": encoder.identity}
-        feats = {}
-        for s in SPLITS:
-            x, y, classes = split_features(archive, s, root / name, encoder.embed, key, encoder.input_size,
-                                           encoder.card.get("band_indices"))
-            feats[s] = (x, y)
+        feats = features_of(root / name, encoder.embed, key, encoder.input_size, encoder.card.get("band_indices"))
         rows[name], head = score(feats, len(classes))
         if save_heads and name != "random-init":
             logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
     if baselines:
         key = {"name": "raw-pixels", "model": f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"}
-        feats = {s: split_features(archive, s, root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE,
-                                   None)[:2] for s in SPLITS}
+        feats = features_of(root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE, None)
         rows["raw-pixels"], _ = score(feats, len(classes))
-    table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS})
+    table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS}, roles)
     if json_file:
         Path(json_file).write_text(json.dumps({"archive": str(archive), "definition": DEFINITION,
-                                               "queries": "test split", "database": "train split",
+                                               "queries": f"{roles['test']} split", "database": "train split",
+                                               "tuning": f"{roles['val']} split" if roles["val"] else "none (C=1)",
                                                "rows": rows}, indent=1))
     return table
 
 
-def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int]) -> str:
+def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int],
+                   roles: dict[str, str | None] | None = None) -> str:
     """One row per model, numbers in %, with the protocol and the AP definition underneath."""
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in COLUMNS) + " |")
-    lines.append(f"\n{archive}: queries = test ({sizes['test']}), archive = train ({sizes['train']}), relevant = "
-                 f"same class; linear probe C tuned on val ({sizes['val']}); kNN k=20, cosine, exp(s/0.07); "
+    roles = roles or {"train": "train", "val": "val", "test": "test"}
+    tuning = f"C tuned on val ({sizes['val']})" if roles["val"] else "C = 1, not tuned (no test split to spare val)"
+    lines.append(f"\n{archive}: queries = {roles['test']} ({sizes['test']}), archive = train ({sizes['train']}), "
+                 f"relevant = same class; linear probe {tuning}; kNN k=20, cosine, exp(s/0.07); "
                  "features centred on the train mean for retrieval and kNN.\n" + DEFINITION)
     return "\n".join(lines)

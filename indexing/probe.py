@@ -30,7 +30,7 @@ def fit_linear_probe(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
     Returns ``{"weight" [C, D], "bias" [C], "mean" [D], "scale" [D], "C", "val_accuracy"}``.
     """
     scaler = StandardScaler().fit(train)
-    x_train, x_val = scaler.transform(train), scaler.transform(val)
+    x_train, x_val = scaler.transform(train), (scaler.transform(val) if len(val) else val)
     best: dict[str, Any] | None = None
     for c in grid:
         with warnings.catch_warnings():
