@@ -104,7 +104,8 @@ def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path
     from training.export import export_encoder, random_init_encoder
 
     card = read_card(first_model_dir)
-    out = cache / f"random-init-{card['method']}-{card['model']['embed_dim']}x{card['model']['depth']}"
+    # Keyed by architecture alone: the same untrained encoder serves as baseline for every method.
+    out = cache / f"random-init-{card['model']['embed_dim']}x{card['model']['depth']}"
     if (out / "model_card.json").is_file() and read_card(out).get("model") == card["model"]:
         return out
     norm = card["normalisation"]

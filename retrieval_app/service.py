@@ -1,0 +1,503 @@
+"""The retrieval service beneath the app: models, indexes and catalogues loaded once; query, classify, explain.
+
+No gradio here: the UI (:mod:`retrieval_app.ui`), the benchmark and the tests all call :class:`RetrievalService`.
+It composes the indexing package: ``load_encoder`` (ONNX Runtime), ``open_index`` (FAISS + DuckDB catalogue),
+``search_vectors`` (exact filtered search), the linear-probe head of ``indexing.probe``; uploads are decoded by
+:mod:`retrieval_app.upload`. Safe for concurrent queries: FAISS search and ONNX Runtime sessions are
+read-only, and each thread gets its own DuckDB cursor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from indexing.encoders import OnnxEncoder, load_encoder, normalised
+from indexing.faiss_index import search as faiss_search
+from indexing.paths import index_dir_for, model_key, resolve_model
+from indexing.probe import HEAD_NAME, load_head
+from indexing.search import search_vectors
+from indexing.store import OpenIndex, open_index
+from training.data import UnreadableImageError, open_archive
+from training.data.base import check_bands, resize_image
+from training.data.raster import open_raster, read_window
+
+from .filters import Filters, allowed_ids
+from .heatmap import explain_pair
+from .upload import CHIP_SIZE, LARGE_MODES, QueryImage, UploadError, decode_query, to_display
+
+logger = logging.getLogger(__name__)
+
+#: Display names of the methods (the model key stays the one name used in code, files and the API).
+METHOD_NAMES = {"ijepa": "I-JEPA", "mae": "MAE"}
+#: Temperature of the weighted kNN vote, as in ``training.knn`` and the evaluation.
+KNN_TEMPERATURE = 0.07
+MAX_K = 100
+_CHIP_ID = re.compile(r"#r(\d+)c(\d+)$")
+
+
+class RowLookup:
+    """Catalogue rows of FAISS ids through an in-memory map id -> DuckDB ``rowid`` (int64 [N] each, sorted by id,
+    then sample_id) and one parameterised rowid query.
+
+    ``images`` has no index on ``id``, so :func:`indexing.search.search_vectors`' join scans the whole catalogue:
+    ~50 ms for 10 hits in a 1M-row catalogue on this CPU, against ~6 ms by rowid (16 MB per 1M rows). Rowids are
+    stable while the app holds its read-only connection (a build cannot write meanwhile).
+    """
+
+    def __init__(self, con: Any) -> None:
+        data = con.execute("SELECT id, rowid FROM images ORDER BY id, sample_id").fetchnumpy()
+        self.ids = np.asarray(data["id"], dtype=np.int64)  # [N]
+        self.rowids = np.asarray(data["rowid"], dtype=np.int64)  # [N]
+
+    def rows(self, con: Any, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Rows (dicts with ``score``) of ``ids`` [k] in that order; rows sharing an id by sample_id."""
+        lo, hi = np.searchsorted(self.ids, ids, "left"), np.searchsorted(self.ids, ids, "right")  # [k]
+        wanted = [int(r) for a, b in zip(lo, hi) for r in self.rowids[a:b]]
+        if not wanted:
+            return []
+        cursor = con.execute("SELECT rowid AS _rowid, * FROM images WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                             [wanted])
+        names = [d[0] for d in cursor.description]
+        by_rowid = {row[0]: dict(zip(names[1:], row[1:])) for row in cursor.fetchall()}
+        return [{"score": float(score), **by_rowid[int(r)]} for a, b, score in zip(lo, hi, scores)
+                for r in self.rowids[a:b] if int(r) in by_rowid]
+
+
+class QueryError(ValueError):
+    """A request the service cannot answer (unknown model or result, bad k); ``str(err)`` is for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """One model with its index: encoder (ONNX), opened index + catalogue, linear head (or None)."""
+
+    key: str
+    encoder: OnnxEncoder
+    opened: OpenIndex
+    head: dict[str, Any] | None
+    archive: Path
+    rows: RowLookup | None = None
+
+    @property
+    def display(self) -> str:
+        method = METHOD_NAMES.get(str(self.encoder.card.get("method")), str(self.encoder.card.get("method")))
+        return method if method.lower().replace("-", "") == self.key.lower() else f"{method} ({self.key})"
+
+
+@dataclass
+class ModelResult:
+    """What one model says about a query: ``hits`` (catalogue rows with ``rank``, ``score``, ``is_query``,
+    ``also_in``), linear-probe ``probabilities`` (None without a head), the kNN ``knn`` vote of the hits."""
+
+    key: str
+    display: str
+    hits: list[dict[str, Any]]
+    probabilities: dict[str, float] | None
+    knn: dict[str, float]
+    timings_ms: dict[str, float]
+    note: str = ""
+
+    @property
+    def prediction(self) -> str | None:
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+    @property
+    def knn_prediction(self) -> str | None:
+        return max(self.knn, key=self.knn.get) if self.knn else None
+
+
+@dataclass
+class QueryResult:
+    """Per-model results of one query, the decoded query (``query.display``, ``query.note``) and timings."""
+
+    models: dict[str, ModelResult]
+    query: QueryImage
+    k: int
+    filters: Filters
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Markdown: where the models agree and differ (classes, shared neighbours)."""
+        results = list(self.models.values())
+        lines = []
+        for r in results:
+            probe = f"**{r.prediction}** ({r.probabilities[r.prediction]:.0%})" if r.prediction else "no probe head"
+            knn = f"**{r.knn_prediction}** ({r.knn[r.knn_prediction]:.0%})" if r.knn_prediction else "no labels"
+            lines.append(f"* {r.display}: linear probe {probe}; kNN vote {knn}")
+        if len(results) >= 2:
+            a, b = results[0], results[1]
+            same = a.prediction == b.prediction and a.prediction is not None
+            verdict = (f"**Agree**: both models predict **{a.prediction}**" if same else
+                       f"**Differ**: {a.display} predicts **{a.prediction}**, {b.display} **{b.prediction}**")
+            shared = {h["sample_id"] for h in a.hits} & {h["sample_id"] for h in b.hits}
+            lines.insert(0, f"{verdict}; {len(shared)} of the top {self.k} neighbours are shared "
+                            "(marked ★ in the galleries).")
+        return "\n".join(lines)
+
+
+class RetrievalService:
+    """Models, indexes and catalogues loaded once (see :meth:`open`); query, classify, explain, export."""
+
+    def __init__(self, models: Sequence[LoadedModel]) -> None:
+        if not models:
+            raise ValueError("RetrievalService needs at least one model")
+        self.models = {m.key: m for m in models}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._cursors: list[Any] = []
+        self._datasets: dict[str, tuple[Any, dict[str, int]]] = {}
+
+    @classmethod
+    def open(cls, models: Sequence[str | Path] = ("ijepa", "mae"), index_dir: str | Path | None = None,
+             threads: int | None = None, faiss_threads: int | None = 1) -> RetrievalService:
+        """Load each model (registry name or exported-model folder), its index in ``<index_dir>/<model>/`` and
+        its linear head (``linear_head.npz`` beside the model, optional).
+
+        ``threads``: ONNX Runtime intra-op threads (None = its default). ``faiss_threads``: FAISS OpenMP threads
+        for the whole process (None = leave as is); 1 is right for one query at a time: on a busy 2-core machine
+        OpenMP's thread wake-up made a 24-vector search take ~10-30 ms instead of 0.03 ms.
+
+        Raises:
+            FileNotFoundError: a model or an index is missing (the message says how to make it).
+            RuntimeError: an index was built with another export of its model (rebuild it).
+        """
+        if faiss_threads:
+            faiss.omp_set_num_threads(faiss_threads)
+        loaded = []
+        for model in models:
+            encoder = OnnxEncoder(resolve_model(model), threads)
+            opened = open_index(index_dir_for(index_dir, model))
+            if encoder.identity != opened.manifest["model_sha256"]:
+                opened.close()
+                raise RuntimeError(f"the index in {opened.folder} was built with another export of {model!r}: "
+                                   f"rebuild it with `python -m indexing build --model {model}`.")
+            model_dir = resolve_model(model)
+            head = load_head(model_dir) if (model_dir / HEAD_NAME).is_file() else None
+            if head is None:
+                logger.warning("%s has no %s: classes come from the kNN vote only (fit one with "
+                               "`python -m indexing evaluate --model %s`)", model, HEAD_NAME, model)
+            archive = Path(opened.manifest["archive"]).resolve()
+            loaded.append(LoadedModel(model_key(model), encoder, opened, head, archive, RowLookup(opened.con)))
+            logger.info("loaded %s: %d images in %s", model_key(model), opened.manifest["counts"]["images"],
+                        opened.folder)
+        return cls(loaded)
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+        for model in self.models.values():
+            model.opened.close()
+
+    # ---- catalogue -------------------------------------------------------------------------------------------
+
+    def allowed_paths(self) -> list[str]:
+        """The only folders (or files) the app may serve: the archives of the indexes."""
+        return sorted({str(m.archive) for m in self.models.values()})
+
+    def catalogue_values(self, column: str) -> list[str]:
+        """Distinct non-null values of ``label`` or ``split`` over all catalogues, sorted."""
+        if column not in ("label", "split"):
+            raise QueryError(f"no value list for column {column!r}")
+        values: set[str] = set()
+        for model in self.models.values():
+            con = self._opened(model).con
+            values |= {r[0] for r in con.execute(f"SELECT DISTINCT {column} FROM images WHERE {column} IS NOT NULL")
+                       .fetchall()}
+        return sorted(values)
+
+    def examples(self, per_label: int = 2, limit: int = 30) -> list[tuple[str, str]]:
+        """``(caption, sample_id)`` of a few catalogue images per label (test split first) to try as queries."""
+        con = self._opened(self._first).con
+        rows = con.execute("""SELECT sample_id, label FROM (
+              SELECT sample_id, label, row_number() OVER (PARTITION BY label
+                     ORDER BY split = 'test' DESC, sample_id) AS n FROM images) WHERE n <= ? ORDER BY label, n
+              LIMIT ?""", [per_label, limit]).fetchall()
+        return [(f"{label or 'unlabelled'}: {sid}", sid) for sid, label in rows]
+
+    def row(self, key: str, sample_id: str) -> dict[str, Any]:
+        """The catalogue row of ``sample_id`` in model ``key``'s catalogue."""
+        model = self._model(key)
+        cursor = self._opened(model).con.execute("SELECT * FROM images WHERE sample_id = ?", [str(sample_id)])
+        names = [d[0] for d in cursor.description]
+        found = next(iter(cursor.fetchall()), None)
+        if found is None:
+            raise QueryError(f"{sample_id!r} is not in the catalogue of {key}: choose a result of the last query.")
+        return _clean(dict(zip(names, found)))
+
+    # ---- queries ---------------------------------------------------------------------------------------------
+
+    def query(self, image: str | Path | np.ndarray | None = None, k: int = 10, filters: Filters | None = None,
+              *, example: str | None = None, large: str = LARGE_MODES[0]) -> QueryResult:
+        """Top-``k`` neighbours, linear-probe probabilities and kNN vote of every model for one query.
+
+        Args:
+            image: path of an uploaded JPEG/PNG/GeoTIFF, or float32 [C, H, W] in scaled units; or None and
+                ``example`` = a catalogue ``sample_id``.
+            filters: catalogue filters (:func:`retrieval_app.filters.parse_filters`).
+            large: how a GeoTIFF larger than a chip is read (see :mod:`retrieval_app.upload`).
+
+        Raises:
+            UploadError / QueryError / FilterError (all ValueError) with a message for the user.
+        """
+        if not 1 <= int(k) <= MAX_K:
+            raise QueryError(f"k = {k}: ask for between 1 and {MAX_K} neighbours.")
+        k, filters = int(k), filters or Filters()
+        start = time.perf_counter()
+        decoded = self._decode_all(image, example, large)
+        query_hash = _file_hash(image) if isinstance(image, (str, Path)) else None
+        if example is not None:
+            query_hash = self.row(self._first.key, example)["hash"]
+        timings = {"decode": (time.perf_counter() - start) * 1e3}
+        results = {}
+        for model in self.models.values():
+            results[model.key] = self._query_model(model, decoded[_card_key(model)], k, filters, query_hash)
+        _mark_shared(results)
+        timings["total"] = (time.perf_counter() - start) * 1e3
+        return QueryResult(results, decoded[_card_key(self._first)], k, filters, timings)
+
+    def classify(self, image: str | Path | np.ndarray | None = None, *, example: str | None = None,
+                 large: str = LARGE_MODES[0], k: int = 20) -> dict[str, dict[str, Any]]:
+        """Per model: ``{"probabilities": {class: p} | None, "knn": {class: weight}, "prediction",
+        "knn_prediction"}`` (kNN over the ``k`` nearest catalogue images, no filters)."""
+        result = self.query(image, k, example=example, large=large)
+        return {key: {"probabilities": r.probabilities, "knn": r.knn, "prediction": r.prediction,
+                      "knn_prediction": r.knn_prediction} for key, r in result.models.items()}
+
+    def explain(self, key: str, result_id: str, image: str | Path | np.ndarray | None = None, *,
+                example: str | None = None, large: str = LARGE_MODES[0], size: int = 256) -> dict[str, Any]:
+        """Patch-to-patch token similarity of the query and catalogue image ``result_id`` under model ``key``.
+
+        Returns :func:`retrieval_app.heatmap.explain_pair`'s dict (``query`` / ``result`` overlays uint8
+        [size, size, 3], ``low``, ``high``, ``mean_best``) plus ``score`` (cosine of the embeddings) and ``row``.
+        """
+        model = self._model(key)
+        query = self._decode_all(image, example, large, only=model)[_card_key(model)]
+        row = self.row(key, result_id)
+        target = self.read_row(model, row)
+        embedding, tokens = model.encoder.run(torch.stack([query.image, target.image]))  # [2, D], [2, N, D]
+        e = normalised(embedding)
+        grid = tuple(int(v) for v in model.encoder.card["token_grid"])
+        out = explain_pair(query.display, tokens[0], target.display, tokens[1], grid, size)  # type: ignore[arg-type]
+        return {**out, "score": float(e[0] @ e[1]), "row": row, "model": key}
+
+    # ---- reading archive images ------------------------------------------------------------------------------
+
+    def read_row(self, model: LoadedModel, row: dict[str, Any]) -> QueryImage:
+        """The pixels of a catalogue row for ``model``: a whole file, a GeoTIFF chip or a dataset sample."""
+        path, sample_id, card = Path(row["path"]), str(row["sample_id"]), model.encoder.card
+        self._check_served(model, path)
+        chip = _CHIP_ID.search(sample_id)
+        try:
+            if chip:
+                r, c = int(chip.group(1)), int(chip.group(2))
+                with open_raster(path) as src:
+                    bands = check_bands(card.get("band_indices"), src.count, path)
+                    image, _ = read_window(src, bands, Window(c * CHIP_SIZE, r * CHIP_SIZE, CHIP_SIZE, CHIP_SIZE))
+                image = resize_image(image, int(card["input_size"]))
+                return QueryImage(image, to_display(image, stretch=True), "TIFF", (CHIP_SIZE, CHIP_SIZE, len(bands)))
+            if "#" in sample_id:  # a crop (fMoW box): read it through the archive's own dataset
+                dataset, index = self._dataset(model)
+                image = dataset[index[sample_id]]["image"]
+                return QueryImage(image, to_display(image, stretch=False), "crop", tuple(image.shape[::-1]))
+        except UnreadableImageError as err:
+            raise QueryError(f"the archive image {path} cannot be read any more ({err.reason}).") from err
+        try:
+            return decode_query(path, card, large="resize whole")
+        except UploadError as err:
+            raise QueryError(f"the archive image {path} cannot be read any more: {err}") from err
+
+    def thumbnail(self, key: str, row: dict[str, Any]) -> str | np.ndarray:
+        """What a gallery shows for a hit: the archive file's path when a browser can show it (JPEG/PNG whole
+        file), else uint8 [H, W, 3] pixels."""
+        model = self._model(key)
+        path = Path(row["path"])
+        if "#" not in str(row["sample_id"]) and path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            self._check_served(model, path)
+            return str(path)
+        return self.read_row(model, row).display
+
+    # ---- internals -------------------------------------------------------------------------------------------
+
+    @property
+    def _first(self) -> LoadedModel:
+        return next(iter(self.models.values()))
+
+    def _model(self, key: str) -> LoadedModel:
+        if key not in self.models:
+            raise QueryError(f"unknown model {key!r}: choose one of {', '.join(self.models)}.")
+        return self.models[key]
+
+    def _opened(self, model: LoadedModel) -> OpenIndex:
+        """``model.opened`` with a DuckDB cursor owned by the calling thread."""
+        per_thread = self._local.__dict__.setdefault("opened", {})
+        if model.key not in per_thread:
+            cursor = model.opened.con.cursor()
+            with self._lock:
+                self._cursors.append(cursor)
+            per_thread[model.key] = replace(model.opened, con=cursor)
+        return per_thread[model.key]
+
+    def _decode_all(self, image: Any, example: str | None, large: str, only: LoadedModel | None = None
+                    ) -> dict[tuple, QueryImage]:
+        """The query decoded once per distinct model input (size, bands)."""
+        if (image is None) == (example is None):
+            raise UploadError("Upload a JPEG, PNG or GeoTIFF tile or pick an example from the archive "
+                              "(one of the two).")
+        decoded: dict[tuple, QueryImage] = {}
+        for model in [only] if only else self.models.values():
+            key = _card_key(model)
+            if key in decoded:
+                continue
+            if example is not None:
+                decoded[key] = self.read_row(model, self.row(model.key, example))
+            elif isinstance(image, np.ndarray):
+                decoded[key] = _from_array(image, model.encoder.card)
+            else:
+                decoded[key] = decode_query(image, model.encoder.card, large)
+        return decoded
+
+    def _query_model(self, model: LoadedModel, query: QueryImage, k: int, filters: Filters,
+                     query_hash: str | None) -> ModelResult:
+        t0 = time.perf_counter()
+        embedding = model.encoder.embed(query.image[None])  # [1, D], not normalised
+        t1 = time.perf_counter()
+        hits = self._search(self._opened(model), normalised(embedding), k, filters, model.rows)
+        t2 = time.perf_counter()
+        for rank, hit in enumerate(hits, 1):
+            hit.update(rank=rank, is_query=query_hash is not None and hit["hash"] == query_hash, also_in=[])
+        note = "" if hits else f"no catalogue image matches the filters ({filters.describe()})."
+        probabilities = _apply_head(model.head, embedding[0]) if model.head is not None else None
+        return ModelResult(model.key, model.display, hits, probabilities, _knn_vote(hits),
+                           {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note)
+
+    @staticmethod
+    def _search(opened: OpenIndex, query: np.ndarray, k: int, filters: Filters, rows: RowLookup | None = None
+                ) -> list[dict[str, Any]]:
+        """Top-k rows of ``opened`` for query [1, D]; filters select ids with a parameterised query first.
+
+        Unfiltered with a :class:`RowLookup`: the same FAISS search as ``search_vectors`` and the rows by rowid.
+        """
+        if filters.empty and rows is not None:
+            scores, ids = faiss_search(opened.index, query, k, int(opened.manifest.get("nprobe", 0)))  # [1, k]
+            found = ids[0] >= 0
+            return [_clean(r) for r in rows.rows(opened.con, ids[0][found], scores[0][found])[:k]]
+        if filters.empty:
+            return [_clean(r) for r in search_vectors(opened, query, k)[0]]
+        ids = allowed_ids(opened.con, filters)
+        if len(ids) == 0:
+            return []
+        opened.con.register("_app_allowed", {"id": ids})
+        try:
+            rows = search_vectors(opened, query, k, "id IN (SELECT id FROM _app_allowed)")[0]
+        finally:
+            opened.con.unregister("_app_allowed")
+        return [_clean(r) for r in rows]
+
+    def _dataset(self, model: LoadedModel) -> tuple[Any, dict[str, int]]:
+        with self._lock:
+            if model.key not in self._datasets:
+                card = model.encoder.card
+                dataset = open_archive(model.archive, None, image_size=int(card["input_size"]),
+                                       bands=card.get("band_indices"))
+                index = {item.id: i for i, item in enumerate(getattr(dataset, "items", []))}
+                self._datasets[model.key] = (dataset, index)
+            dataset, index = self._datasets[model.key]
+        return dataset, index
+
+    @staticmethod
+    def _check_served(model: LoadedModel, path: Path) -> None:
+        resolved = path.resolve()
+        if not (resolved == model.archive or resolved.is_relative_to(model.archive)):
+            raise QueryError(f"{path} is outside the archive {model.archive}: it is not served.")
+
+
+def build_missing(models: Sequence[str | Path], archive: str | Path | None = None,
+                  index_dir: str | Path | None = None) -> list[str]:
+    """Build the index of each model whose index is missing or was built with another export; returns the build
+    reports (empty when every index was already there)."""
+    from indexing.build import build
+
+    reports = []
+    for model in models:
+        try:
+            opened = open_index(index_dir_for(index_dir, model))
+        except FileNotFoundError:
+            opened = None
+        if opened is not None:
+            current = opened.manifest["model_sha256"] == load_encoder(model).identity
+            opened.close()
+            if current:
+                continue
+        logger.info("building the index of %s (first start; incremental afterwards)", model)
+        reports.append(build(model, archive, index_dir).report())
+    return reports
+
+
+def _card_key(model: LoadedModel) -> tuple:
+    card = model.encoder.card
+    bands = card.get("band_indices")
+    return int(card["input_size"]), tuple(bands) if bands is not None else None
+
+
+def _from_array(array: np.ndarray, card: dict[str, Any]) -> QueryImage:
+    """A query given as float [C, H, W] in scaled units (the card's band count)."""
+    if array.ndim != 3 or array.shape[0] != int(card["bands"]):
+        raise UploadError(f"an array query must be float [C, H, W] with C = {card['bands']}, got {array.shape}.")
+    image = resize_image(torch.as_tensor(np.asarray(array, dtype=np.float32)), int(card["input_size"]))
+    return QueryImage(image, to_display(image, stretch=False), "array", (array.shape[2], array.shape[1],
+                                                                          array.shape[0]))
+
+
+def _apply_head(head: dict[str, Any], embedding: np.ndarray) -> dict[str, float]:
+    """Softmax probabilities {class: p} (descending) of the linear probe on the raw embedding [D]."""
+    logits = ((embedding - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [C]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    return {head["classes"][i]: float(p[i]) for i in order if p[i] > 0}
+
+
+def _knn_vote(hits: list[dict[str, Any]]) -> dict[str, float]:
+    """Weighted vote {label: share} of the labelled hits (the query itself excluded), weights exp(s / 0.07)."""
+    votes: dict[str, float] = {}
+    voters = [h for h in hits if h.get("label") and not h["is_query"]]
+    if not voters:
+        return {}
+    top = max(h["score"] for h in voters)
+    for h in voters:
+        votes[h["label"]] = votes.get(h["label"], 0.0) + float(np.exp((h["score"] - top) / KNN_TEMPERATURE))
+    total = sum(votes.values())
+    return dict(sorted(((k, v / total) for k, v in votes.items()), key=lambda kv: -kv[1]))
+
+
+def _mark_shared(results: dict[str, ModelResult]) -> None:
+    for key, result in results.items():
+        for hit in result.hits:
+            hit["also_in"] = [other for other, r in results.items() if other != key
+                              and any(h["sample_id"] == hit["sample_id"] for h in r.hits)]
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN floats (missing lat/lon/gsd) as None."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def _file_hash(path: str | Path) -> str | None:
+    """sha256 of a small file (the catalogue's hash of a whole-file sample), None if unreadable."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -1,0 +1,235 @@
+"""The gradio UI over :class:`retrieval_app.service.RetrievalService` (the only module that imports gradio).
+
+``create_demo(service)`` builds the Blocks; nothing is loaded or launched at import. Each action has a named API
+endpoint usable with ``gradio_client``: ``/query`` (everything the page shows), ``/classify`` (JSON),
+``/explain`` (heat maps), ``/export`` (CSV + GeoJSON files) and ``/examples`` (catalogue examples). Errors the
+user can fix are shown as messages (``gr.Error``), never stack traces; anything unexpected is logged with its
+traceback on the server and reported as an internal error, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from training.data import UnreadableImageError
+
+from .export import write_csv, write_geojson
+from .filters import FilterError, parse_filters
+from .plots import scatter_map
+from .service import QueryError, QueryResult, RetrievalService
+from .upload import LARGE_MODES, MAX_UPLOAD_BYTES, UploadError
+
+logger = logging.getLogger(__name__)
+
+#: Errors whose message is meant for the user.
+USER_ERRORS = (UploadError, QueryError, FilterError, UnreadableImageError, FileNotFoundError)
+FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff"]
+MAX_GALLERY = 50
+
+
+def launch_options(service: RetrievalService) -> dict[str, Any]:
+    """Keyword arguments of ``Blocks.launch`` that keep the app safe and offline: only the archives are served,
+    uploads are size-limited, system fonts (no font CDN), no server-side rendering, no API-less sharing."""
+    return {"allowed_paths": service.allowed_paths(), "max_file_size": MAX_UPLOAD_BYTES, "ssr_mode": False,
+            "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                                       font_mono=["ui-monospace", "monospace"]),
+            "footer_links": ["api"]}
+
+
+def _guarded(fn: Callable) -> Callable:
+    """Turn user errors into ``gr.Error`` messages and unexpected ones into a logged internal error."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        except Exception:  # the UI boundary: log the traceback, show a message, keep serving
+            logger.exception("internal error in %s", fn.__name__)
+            raise gr.Error("Internal error while handling this request; the server log has the details. "
+                           "Try another tile.", print_exception=False) from None
+
+    return wrapped
+
+
+def _caption(hit: dict[str, Any]) -> str:
+    flags = (" ★" if hit["also_in"] else "") + (" (the query itself)" if hit["is_query"] else "")
+    where = f" · {hit['lat']:.4f}, {hit['lon']:.4f}" if hit.get("lat") is not None else ""
+    return f"#{hit['rank']} {hit['score']:.3f} · {hit.get('label') or '?'} · {hit.get('split') or '-'}{where}{flags}"
+
+
+def _placeholder(text: str, width: int = 640, height: int = 120) -> np.ndarray:
+    im = Image.new("RGB", (width, height), (245, 245, 245))
+    ImageDraw.Draw(im).text((16, height // 2 - 6), text, fill=(90, 90, 90))
+    return np.asarray(im)
+
+
+def create_demo(service: RetrievalService, export_dir: str | Path | None = None) -> gr.Blocks:
+    """The app: upload or pick a tile; per model side by side, neighbours, classes and match heat maps."""
+    keys = list(service.models)
+    labels, splits = service.catalogue_values("label"), service.catalogue_values("split")
+    examples = service.examples()
+    export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
+
+    def _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large) -> QueryResult:
+        filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
+        image, example = (upload, None) if upload else (None, example or None)
+        return service.query(image, int(k or 10), filters, example=example, large=large or LARGE_MODES[0])
+
+    def _exports(result: QueryResult) -> tuple[str, str]:
+        folder = Path(tempfile.mkdtemp(dir=export_root))
+        return str(write_csv(result, folder / "results.csv")), str(write_geojson(result, folder / "results.geojson"))
+
+    @_guarded
+    def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large):
+        result = _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large)
+        notes = [result.query.note] if result.query.note else []
+        notes += [f"{r.display}: {r.note}" for r in result.models.values() if r.note]
+        if not result.filters.empty:
+            notes.append(f"Filters: {result.filters.describe()}.")
+        timing = ", ".join(f"{r.display} embed {r.timings_ms['embed']:.0f} ms + search {r.timings_ms['search']:.0f} ms"
+                           for r in result.models.values())
+        status = "\n\n".join([result.summary(), *notes,
+                                f"<small>total {result.timings_ms['total']:.0f} ms; {timing}</small>"])
+        preview = Image.fromarray(result.query.display).resize((256, 256), Image.NEAREST)
+        outputs: list[Any] = [status, np.asarray(preview)]
+        state = {}
+        for key in keys:
+            r = result.models[key]
+            outputs += [r.probabilities or {}, r.knn or {},
+                        [(service.thumbnail(key, h), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
+            state[key] = [h["sample_id"] for h in r.hits]
+        located = scatter_map(result)
+        outputs.append(located if located is not None else
+                       _placeholder("No locations known for these results (e.g. EuroSAT JPEGs carry none)."))
+        outputs += list(_exports(result))
+        first = state[keys[0]]
+        outputs += [state, gr.Dropdown(choices=first, value=first[0] if first else None)]
+        return outputs
+
+    @_guarded
+    def run_export(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large):
+        return list(_exports(_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large)))
+
+    @_guarded
+    def run_explain(upload, example, model, result_id, large):
+        if not result_id:
+            raise QueryError("Choose a result to explain (run a query, then click a gallery image).")
+        image, example = (upload, None) if upload else (None, example or None)
+        out = service.explain(model, result_id, image, example=example, large=large or LARGE_MODES[0])
+        text = (f"**{service.models[model].display}**, result `{result_id}` (embedding cosine {out['score']:.3f}). "
+                f"Each patch is coloured by its best patch-to-patch token cosine in the other image "
+                f"(dark {out['low']:.2f} → yellow {out['high']:.2f}; mean best match over the query "
+                f"{out['mean_best']:.2f}). Bright areas are what matched.")
+        return out["query"], out["result"], text
+
+    def on_model(model, state):
+        ids = (state or {}).get(model, [])
+        return gr.Dropdown(choices=ids, value=ids[0] if ids else None)
+
+    with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
+        gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
+                    "Upload a satellite tile (JPEG, PNG or GeoTIFF) or pick an example from the archive; each model "
+                    "shows its most similar scenes, its predicted class (linear probe) and the kNN vote of its "
+                    "neighbours. Click a result to see **why it matched**.")
+        state = gr.State({})
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Query tile (JPEG, PNG or GeoTIFF)", file_types=FILE_TYPES, type="filepath",
+                                 elem_id="upload")
+                example = gr.Dropdown(choices=examples, value=None, label="…or an example from the archive",
+                                      elem_id="example", allow_custom_value=True)
+                k = gr.Slider(1, MAX_GALLERY, value=10, step=1, label="k (neighbours per model)")
+                large = gr.Radio(list(LARGE_MODES), value=LARGE_MODES[0], label="GeoTIFF larger than a chip")
+                with gr.Accordion("Filters (catalogue, DuckDB)", open=False):
+                    label_filter = gr.Dropdown(choices=labels, multiselect=True, label="Labels")
+                    split_filter = gr.CheckboxGroup(choices=splits, label="Splits")
+                    with gr.Row():
+                        date_from = gr.Textbox(label="Date from", placeholder="YYYY-MM-DD")
+                        date_to = gr.Textbox(label="Date to", placeholder="YYYY-MM-DD")
+                    bbox = gr.Textbox(label="Bounding box", placeholder="min lon, min lat, max lon, max lat")
+                search = gr.Button("Search", variant="primary", elem_id="search")
+            with gr.Column(scale=1):
+                query_view = gr.Image(label="Query as the models see it", interactive=False, height=256)
+                status = gr.Markdown(elem_id="status")
+        per_model: list[gr.components.Component] = []
+        with gr.Row(equal_height=False):
+            for key in keys:
+                with gr.Column(elem_id=f"model-{key}"):
+                    gr.Markdown(f"## {service.models[key].display}")
+                    probe = gr.Label(label=f"{service.models[key].display}: linear probe", num_top_classes=5)
+                    knn = gr.Label(label=f"{service.models[key].display}: kNN vote of the neighbours",
+                                   num_top_classes=5)
+                    gallery = gr.Gallery(label=f"{service.models[key].display}: most similar scenes", columns=4,
+                                         height=420, elem_id=f"gallery-{key}", allow_preview=False)
+                    per_model += [probe, knn, gallery]
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Why this match")
+                with gr.Row():
+                    explain_model = gr.Radio(keys, value=keys[0], label="Model")
+                    explain_id = gr.Dropdown(choices=[], label="Result (sample id)", allow_custom_value=True)
+                explain_button = gr.Button("Explain", elem_id="explain")
+                with gr.Row():
+                    heat_query = gr.Image(label="Query: best match per patch", interactive=False, height=256,
+                                          elem_id="heat-query")
+                    heat_result = gr.Image(label="Result: best match per patch", interactive=False, height=256,
+                                           elem_id="heat-result")
+                explain_text = gr.Markdown()
+            with gr.Column():
+                gr.Markdown("### Map of the results (offline)")
+                result_map = gr.Image(label="Locations", interactive=False)
+                with gr.Row():
+                    csv_file = gr.File(label="CSV", interactive=False)
+                    geojson_file = gr.File(label="GeoJSON", interactive=False)
+
+        inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large]
+        search.click(run_query, inputs, [status, query_view, *per_model, result_map, csv_file, geojson_file, state,
+                                         explain_id], api_name="query")
+        explain_inputs = [upload, example, explain_model, explain_id, large]
+        explain_button.click(run_explain, explain_inputs, [heat_query, heat_result, explain_text], api_name="explain")
+        explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
+        for key, gallery in zip(keys, per_model[2::3]):
+            gallery.select(_picker(key), [state], [explain_model, explain_id], api_visibility="private") \
+                .then(run_explain, explain_inputs, [heat_query, heat_result, explain_text], api_visibility="private")
+        export_button = gr.Button("Export CSV + GeoJSON", visible=False)
+        export_button.click(run_export, inputs, [csv_file, geojson_file], api_name="export")
+
+        @_guarded
+        def classify(upload, example, large):
+            image, example = (upload, None) if upload else (None, example or None)
+            return service.classify(image, example=example, large=large or LARGE_MODES[0])
+
+        def list_examples() -> list[list[str]]:
+            """``[caption, sample_id]`` of catalogue images to use as ``example``."""
+            return [list(e) for e in examples]
+
+        hidden = gr.Button("classify", visible=False)
+        classes_json = gr.JSON(visible=False)
+        hidden.click(classify, [upload, example, large], classes_json, api_name="classify",
+                     api_description="Per model: linear-probe probabilities, kNN vote (k = 20), predicted classes.")
+        gr.api(list_examples, api_name="examples")
+    return demo
+
+
+def _picker(key: str) -> Callable:
+    """Gallery click handler of model ``key``: select that model and the clicked result for the explanation."""
+
+    def pick(state: dict[str, list[str]], evt: gr.SelectData) -> tuple[Any, Any]:
+        ids = (state or {}).get(key, [])
+        chosen = ids[evt.index] if isinstance(evt.index, int) and evt.index < len(ids) else None
+        return gr.Radio(value=key), gr.Dropdown(choices=ids, value=chosen)
+
+    return pick

@@ -1,0 +1,178 @@
+"""Validate and decode an uploaded query tile for one model card, with messages a user can act on.
+
+The bytes are sniffed (JPEG, PNG, TIFF signatures), never trusted by file name; the size is checked before and
+the pixel count (the decompression-bomb guard) from the header before any pixel is decoded. Decoding reuses the
+archive readers: JPEG/PNG through :func:`indexing.query.read_query_image` (``training.data.rgb.read_rgb``), GeoTIFF
+through ``training.data.raster`` (``open_raster`` / ``read_window``), so a query is read exactly like an archive
+image. A GeoTIFF larger than one archive chip is either cut to its centre chip (default: same ground resolution
+as the indexed chips) or resized as a whole; :attr:`QueryImage.note` says which.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from indexing.query import read_query_image
+from training.data import UnreadableImageError, open_archive
+from training.data.base import RASTER_SUFFIXES, check_bands, resize_image
+from training.data.raster import centre_latlon, open_raster, read_window
+from training.data.rgb import image_size_of
+
+#: Largest upload accepted, in bytes (gradio's ``max_file_size`` is set to the same value).
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: Largest image accepted, in pixels (width x height), checked from the header before decoding.
+MAX_PIXELS = 40_000_000
+#: GeoTIFF chip side of the indexed archives (``open_archive``'s default, used by ``indexing.build``).
+CHIP_SIZE = int(inspect.signature(open_archive).parameters["chip_size"].default)
+#: What to do with a GeoTIFF larger than one chip.
+LARGE_MODES = ("centre chip", "resize whole")
+
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+               b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
+
+
+class UploadError(ValueError):
+    """An upload that cannot be used as a query; ``str(err)`` is the message shown to the user."""
+
+
+@dataclass
+class QueryImage:
+    """A decoded query: ``image`` float32 [C, S, S] in scaled units for the model, ``display`` uint8 [S, S, 3]
+    for people, ``kind`` (JPEG/PNG/TIFF), ``source_size`` (width, height, bands), a ``note`` ('' if none) and
+    the centre ``location`` (lat, lon) of a georeferenced GeoTIFF."""
+
+    image: torch.Tensor
+    display: np.ndarray
+    kind: str
+    source_size: tuple[int, int, int]
+    note: str = ""
+    location: tuple[float, float] | None = None  # (lat, lon) of the centre, EPSG:4326, when known
+
+
+def sniff(path: str | Path) -> str:
+    """``"JPEG"``, ``"PNG"`` or ``"TIFF"`` from the first bytes of ``path``.
+
+    Raises:
+        UploadError: missing, empty, too large, or not one of those formats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UploadError("No file was uploaded: choose a JPEG, PNG or GeoTIFF tile (or pick an example).")
+    size = path.stat().st_size
+    if size == 0:
+        raise UploadError("The uploaded file is empty (0 bytes): upload a JPEG, PNG or GeoTIFF tile.")
+    if size > MAX_UPLOAD_BYTES:
+        raise UploadError(f"The file is {size / 2**20:.1f} MiB; uploads are limited to "
+                          f"{MAX_UPLOAD_BYTES // 2**20} MiB. Crop the scene to the area of interest.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for signature, kind in _SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    raise UploadError(f"{path.name} is not a JPEG, PNG or GeoTIFF image (its first bytes are {head[:4]!r}). "
+                      "Upload an image tile.")
+
+
+def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODES[0]) -> QueryImage:
+    """Decode the upload at ``path`` for a model with model card ``card`` (``input_size``, ``band_indices``).
+
+    Args:
+        large: a GeoTIFF larger than one chip (:data:`CHIP_SIZE` px): ``"centre chip"`` or ``"resize whole"``.
+
+    Raises:
+        UploadError: with a message for the user (format, size, pixel limit, band count, corrupt file).
+    """
+    if large not in LARGE_MODES:
+        raise UploadError(f"Large-GeoTIFF mode {large!r} is unknown: choose one of {', '.join(LARGE_MODES)}.")
+    kind = sniff(path)
+    try:
+        if kind == "TIFF":
+            return _decode_geotiff(Path(path), card, large)
+        return _decode_pil(Path(path), card, kind)
+    except UnreadableImageError as err:
+        raise UploadError(f"{Path(path).name} could not be decoded ({err.reason}): the file is corrupt, truncated "
+                          "or not an image. Upload it again or choose another tile.") from err
+
+
+def _decode_pil(path: Path, card: dict[str, Any], kind: str) -> QueryImage:
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        raise UploadError(f"{path.name} is named like a GeoTIFF but is a {kind}: rename it to .{kind.lower()}.")
+    width, height = image_size_of(path)  # header only
+    _check_pixels(width, height, path.name)
+    bands = card.get("band_indices")
+    if bands is not None and any(int(b) > 3 for b in bands):
+        raise UploadError(f"This model takes bands {list(bands)} ({len(bands)} bands) but a {kind} has 3 (RGB): "
+                          "upload a GeoTIFF with those bands.")
+    image = read_query_image(path, card)  # [C, S, S]
+    if image.shape[0] != int(card["bands"]):
+        raise UploadError(f"This model takes {card['bands']} bands but a {kind} has {image.shape[0]}: upload a "
+                          f"GeoTIFF with {card['bands']} bands.")
+    return QueryImage(image, to_display(image, stretch=False), kind, (width, height, 3))
+
+
+def _decode_geotiff(path: Path, card: dict[str, Any], large: str) -> QueryImage:
+    size = int(card["input_size"])
+    with open_raster(path) as src:
+        width, height, count = src.width, src.height, src.count
+        _check_pixels(width, height, path.name)
+        bands, note = _pick_bands(card, count, path.name)
+        window = None
+        if max(width, height) > CHIP_SIZE:
+            if large == "centre chip" and min(width, height) >= CHIP_SIZE:
+                col, row = (width - CHIP_SIZE) // 2, (height - CHIP_SIZE) // 2
+                window = Window(col, row, CHIP_SIZE, CHIP_SIZE)
+                note += (f"The GeoTIFF is {width}×{height} px, larger than one {CHIP_SIZE} px chip of the archive: "
+                         f"searched its centre chip (columns {col}–{col + CHIP_SIZE - 1}, rows {row}–"
+                         f"{row + CHIP_SIZE - 1}). Choose 'resize whole' to search the whole scene shrunk instead.")
+            else:
+                note += (f"The GeoTIFF is {width}×{height} px: resized as a whole to {size}×{size} px "
+                         f"(its ground resolution is now coarser than the archive's chips).")
+        image, _ = read_window(src, bands, window, None)  # [C, h, w]
+        centre = (width / 2, height / 2) if window is None else (window.col_off + CHIP_SIZE / 2,
+                                                                 window.row_off + CHIP_SIZE / 2)
+        lat, lon = centre_latlon(src, *centre)
+    image = resize_image(image, size)  # [C, S, S]
+    location = (lat, lon) if lat is not None else None
+    return QueryImage(image, to_display(image, stretch=True), "TIFF", (width, height, count), note, location)
+
+
+def _pick_bands(card: dict[str, Any], count: int, name: str) -> tuple[list[int], str]:
+    """1-based bands of a ``count``-band GeoTIFF for the model, and a note when a choice was made."""
+    wanted, needed = card.get("band_indices"), int(card["bands"])
+    if wanted is None:  # the card names no bands: the model takes the first `needed`
+        if count < needed:
+            raise UploadError(f"{name} has {count} band(s) but this model takes {needed}: upload a GeoTIFF with "
+                              f"at least {needed} bands.")
+        note = f"The GeoTIFF has {count} bands; the model takes {needed}: used bands 1–{needed}. " \
+            if count > needed else ""
+        return list(range(1, needed + 1)), note
+    try:
+        return check_bands(wanted, count, name), ""
+    except ValueError:
+        raise UploadError(f"{name} has {count} band(s) but this model takes bands {list(wanted)} (1-based): "
+                          "upload a GeoTIFF with those bands.") from None
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise UploadError(f"{name} is {width}×{height} px ({width * height / 1e6:.0f} Mpx); images are limited to "
+                          f"{MAX_PIXELS / 1e6:.0f} Mpx (decompression-bomb guard). Crop or downsample it first.")
+
+
+def to_display(image: torch.Tensor, stretch: bool) -> np.ndarray:
+    """uint8 [H, W, 3] of a scaled image [C, H, W]: the first three bands (a single band as grey), clipped to
+    [0, 1], or for rasters stretched between the 2nd and 98th percentile (reflectances are dark otherwise)."""
+    x = image.detach().float().numpy()
+    x = np.repeat(x[:1], 3, axis=0) if x.shape[0] < 3 else x[:3]  # [3, H, W]
+    if stretch:
+        lo, hi = np.percentile(x, 2), np.percentile(x, 98)
+        x = (x - lo) / max(hi - lo, 1e-6)
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+

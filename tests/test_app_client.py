@@ -1,0 +1,113 @@
+"""Every API endpoint of the app through ``gradio_client``, bad inputs included, against a live local server."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -e '.[app]')")
+gradio_client = pytest.importorskip("gradio_client")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from retrieval_app.__main__ import _parser  # noqa: E402
+from retrieval_app.service import RetrievalService  # noqa: E402
+from retrieval_app.testing import tiny_setup  # noqa: E402
+from retrieval_app.ui import create_demo, launch_options  # noqa: E402
+
+from test_app_service import GEOTIFFS, _bad_uploads  # noqa: E402
+
+NO_FILTERS = ([], [], "", "", "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    setup = tiny_setup(tmp_path_factory.getbasetemp())
+    service = RetrievalService.open(setup.models, setup.index_dir)
+    demo = create_demo(service, export_dir=tmp_path_factory.mktemp("exports"))
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **launch_options(service))
+    yield url, Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads"))), setup
+    demo.close()
+    service.close()
+
+
+def test_every_action_has_a_named_endpoint(app):
+    _, client, _ = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/query", "/classify", "/explain", "/export", "/examples"} <= set(endpoints)
+
+
+def test_query_returns_both_models_side_by_side(app):
+    _, client, setup = app
+    tile = setup.archive / "2750" / "Forest" / "Forest_5.jpg"
+    out = client.predict(handle_file(str(tile)), None, 4, *NO_FILTERS, "centre chip", api_name="/query")
+    status, query_image, probe_a, knn_a, gallery_a, probe_b, knn_b, gallery_b, result_map, csv, geojson, _ = out
+    assert "I-JEPA" in status and "MAE" in status and os.path.isfile(query_image)
+    for probe, knn, gallery in ((probe_a, knn_a, gallery_a), (probe_b, knn_b, gallery_b)):
+        assert probe["label"] in ("Forest", "River", "SeaLake") and knn["label"]
+        assert len(gallery) == 4 and gallery[0]["caption"].startswith("#1 1.000 · Forest")
+        assert "(the query itself)" in gallery[0]["caption"]
+    assert os.path.isfile(result_map) and open(csv).readline().startswith("model,rank")
+    assert '"FeatureCollection"' in open(geojson).read()
+
+
+def test_filters_classify_examples_export_and_explain(app):
+    _, client, setup = app
+    examples = client.predict(api_name="/examples")
+    sample_id = examples[0][1]
+    out = client.predict(None, sample_id, 3, ["River"], ["train"], "", "", "", "centre chip", api_name="/query")
+    assert all("River · train" in item["caption"] for item in out[4] + out[7])
+    classes = client.predict(None, sample_id, "centre chip", api_name="/classify")
+    assert set(classes) == {"ijepa", "mae"} and classes["mae"]["prediction"]
+    csv, geojson = client.predict(None, sample_id, 3, *NO_FILTERS, "centre chip", api_name="/export")
+    assert len(open(csv).read().splitlines()) == 7 and geojson.endswith(".geojson")
+    heat_query, heat_result, text = client.predict(None, sample_id, "mae", sample_id, "centre chip",
+                                                   api_name="/explain")
+    assert os.path.isfile(heat_query) and os.path.isfile(heat_result) and "cosine" in text
+    geotiff = client.predict(handle_file(str(GEOTIFFS / "s2_utm18n_uint16_6band.tif")), None, 3, *NO_FILTERS,
+                             "centre chip", api_name="/query")
+    assert "centre chip" in geotiff[0] and "used bands 1–3" in geotiff[0]
+
+
+def test_bad_inputs_get_messages_and_the_server_keeps_serving(app, tmp_path):
+    _, client, setup = app
+    for name, (path, message) in _bad_uploads(tmp_path, setup).items():
+        if name == "missing":
+            continue
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(path)), None, 3, *NO_FILTERS, "centre chip", api_name="/query")
+    with pytest.raises(AppError, match="one of the two"):
+        client.predict(None, None, 3, *NO_FILTERS, "centre chip", api_name="/query")
+    with pytest.raises(AppError, match="YYYY-MM-DD"):
+        client.predict(None, "2750/Forest/Forest_1.jpg", 3, [], [], "yesterday", "", "", "centre chip",
+                       api_name="/query")
+    with pytest.raises(AppError, match="not in the catalogue"):
+        client.predict(None, "../../etc/passwd", "mae", "2750/Forest/Forest_1.jpg", "centre chip",
+                       api_name="/explain")
+    with pytest.raises(AppError, match="Choose a result"):
+        client.predict(None, "2750/Forest/Forest_1.jpg", "mae", None, "centre chip", api_name="/explain")
+    assert client.predict(None, "2750/Forest/Forest_1.jpg", "centre chip", api_name="/classify")["ijepa"]
+
+
+def test_only_the_archive_is_served_and_localhost_is_the_default(app):
+    import httpx
+
+    url, _, setup = app
+    inside = setup.archive / "2750" / "River" / "River_1.jpg"
+    assert httpx.get(f"{url}gradio_api/file={inside}").status_code == 200
+    for outside in ("/etc/passwd", str(setup.index_dir / "ijepa" / "catalog.duckdb"), str(setup.models[0])):
+        assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
+    args = _parser().parse_args([])
+    assert args.host == "127.0.0.1" and args.models == ["ijepa", "mae"]
