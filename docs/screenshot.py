@@ -1,0 +1,39 @@
+"""Screenshot of the running app for the README: `python docs/screenshot.py [URL] [TILE]` -> docs/app.png.
+
+Start the app first (`python -m retrieval_app`); this drives Debian's chromium with Playwright, uploads a demo
+tile, waits for both models' results and a "why this match" heat map, and saves the page.
+"""
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+def main() -> None:
+    url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:7860/"
+    tile = Path(sys.argv[2]) if len(sys.argv) > 2 else next((REPO / "assets/demo/2750/River").glob("*.jpg"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.locator("#upload input[type=file]").set_input_files(str(tile))
+        page.get_by_text(tile.name).first.wait_for()
+        page.locator("#search").click()
+        for key in ("ijepa", "mae"):
+            page.locator(f"#gallery-{key} img").nth(4).wait_for()
+        page.locator("#gallery-mae img").nth(1).click()
+        page.locator("#heat-result img").wait_for()
+        page.wait_for_timeout(1500)  # let the page's JavaScript finish drawing
+        page.screenshot(path=str(REPO / "docs" / "app.png"), full_page=True)
+        browser.close()
+    print(REPO / "docs" / "app.png")
+
+
+if __name__ == "__main__":
+    main()
