@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scenes import make_scene_archive
+from indexing.testing import write_archive
 from training.encoder import ExportedEncoder
 from training.engine import pretrain
 from training.export import export_run, load_run_encoder
@@ -18,7 +18,7 @@ from test_training import tiny_config
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    archive = make_scene_archive(root / "archive")
+    archive = write_archive(root / "archive", per_class=48)
     pretrain(tiny_config("ijepa", epochs=1, monitor={"every": 0}), str(archive), root / "run", show_progress=False)
     card = export_run(root / "run", root / "exported", check_images=8)
     return root, archive, card

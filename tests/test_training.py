@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scenes import make_scene_archive
+from indexing.testing import write_archive
 from training.config import load_config
 from training.engine import Learner, NonFiniteLossError, Trainer, pretrain
 
@@ -32,7 +32,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    return make_scene_archive(tmp_path_factory.mktemp("scenes"))
+    return write_archive(tmp_path_factory.mktemp("scenes"), per_class=48)
 
 
 def tiny_config(method: str, **overrides):
@@ -158,21 +158,21 @@ def test_seeded_runs_are_reproducible(archive, tmp_path):
 
 @pytest.mark.parametrize("preload", [True, False])
 def test_corrupt_files_are_skipped_counted_and_reported(preload, tmp_path, caplog):
-    archive = make_scene_archive(tmp_path / "archive")
+    archive = write_archive(tmp_path / "archive", per_class=48)
     (archive / "2750" / "Forest" / "Forest_1.jpg").write_bytes(b"not a jpeg at all")
-    truncated = archive / "2750" / "Water" / "Water_2.jpg"
+    truncated = archive / "2750" / "River" / "River_0.jpg"
     truncated.write_bytes(truncated.read_bytes()[:300])
     config = tiny_config("mae", epochs=1, monitor={"every": 0}, data={"preload": preload})
     summary = pretrain(config, str(archive), tmp_path / "run", show_progress=False)
     assert summary["skipped"] == 2 and summary["step"] > 0
-    assert "Forest_1.jpg" in caplog.text and "Water_2.jpg" in caplog.text
+    assert "Forest_1.jpg" in caplog.text and "River_0.jpg" in caplog.text
 
 
 def test_preload_skips_unreadable_files_inside_a_subset(tmp_path):
     # DataLoader calls Subset.__getitems__ when it exists: the skipping wrapper must not pass it through.
     from training.data import open_archive
     from training.feed import preload
-    archive = make_scene_archive(tmp_path / "archive")
+    archive = write_archive(tmp_path / "archive", per_class=48)
     (archive / "2750" / "Forest" / "Forest_1.jpg").write_bytes(b"broken")
     dataset = open_archive(archive, split="train")
     images, labels, skipped = preload(torch.utils.data.Subset(dataset, list(range(len(dataset)))), show_progress=False)
