@@ -33,6 +33,16 @@ def test_model_card_describes_the_model(exported):
     assert len(card["normalisation"]["mean"]) == 3 and card["training_data"] == str(archive)
     assert card["epochs"] == 1.0 and "target encoder" in card["pooling"]
     assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert card["centre"]["images"] == 72 and len(card["centre"]["vector"]) == 48  # the train split
+
+
+def test_exported_embeddings_are_centred_on_the_training_images(exported):
+    from training.data import open_archive
+    root, archive, card = exported
+    train = open_archive(archive, split="train")
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    embeddings = ExportedEncoder(root / "exported").embed(images)  # [72, 48]
+    assert np.abs(embeddings.mean(axis=0)).max() < 1e-4 < np.abs(embeddings).mean()
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -42,6 +52,7 @@ def test_onnx_runtime_matches_pytorch_for_any_batch(exported, batch):
     images = torch.rand(batch, 3, 64, 64)
     with torch.no_grad():
         expected, expected_tokens = encoder(images)
+    expected = expected - torch.tensor(exported[2]["centre"]["vector"])  # the export centres embeddings
     runtime = ExportedEncoder(root / "exported")
     embedding, tokens = runtime.run(images)
     assert embedding.shape == (batch, 48) and tokens.shape == (batch, 64, 48)
