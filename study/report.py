@@ -7,7 +7,7 @@
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
   embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<split>.npz`), with the same
-  centring and cosine as the evaluation.
+  centring and cosine as the evaluation. It also prints the variance spectrum of the train embeddings.
 """
 
 from __future__ import annotations
@@ -126,6 +126,21 @@ def plot_embedding_map(features: Path, models: list[str], points: int = 2000) ->
     return path
 
 
+def variance_spectrum(features: Path, models: list[str]) -> list[str]:
+    """Share of the variance of the (centred) train embeddings in their top principal directions, and the
+    effective rank exp(entropy of the normalised spectrum): low values mean dimensional collapse."""
+    lines = []
+    for model in models:
+        x, _, _ = load_features(features, model, "train")
+        x = x - x.mean(0, keepdims=True)
+        power = np.linalg.svd(x, compute_uv=False) ** 2
+        share = power / power.sum()
+        rank = float(np.exp(-(share * np.log(share + 1e-12)).sum()))
+        lines.append(f"{model}: top-3 variance share {', '.join(f'{v:.3f}' for v in share[:3])}; "
+                     f"effective rank {rank:.1f} of {x.shape[1]}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs" / "study"))
@@ -137,6 +152,7 @@ def main() -> None:
     print(plot_curves(Path(args.runs)))
     print(plot_queries(Path(args.features), Path(args.archive), args.models))
     print(plot_embedding_map(Path(args.features), args.models))
+    print("\n".join(variance_spectrum(Path(args.features), args.models)))
 
 
 if __name__ == "__main__":
