@@ -60,6 +60,15 @@ def id_of_hash(content_hash: str) -> int:
     return int(content_hash[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (content hashes of images, identities of models)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def region_hash(file_sha256: str, region: str | None) -> str:
     """Content hash of a sample: the file's sha256, or for a crop/chip the sha256 of file hash + region."""
     if not region:

@@ -16,6 +16,7 @@ import torch
 
 from training.encoder import ExportedEncoder
 
+from .catalog import sha256_file
 from .paths import resolve_model
 
 BACKENDS = ("onnx", "torch")
@@ -33,7 +34,7 @@ class OnnxEncoder(ExportedEncoder):
 
     def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
         super().__init__(model_dir, threads)
-        self.identity = _sha256_file(self.model_dir / self.card["onnx"])
+        self.identity = sha256_file(self.model_dir / self.card["onnx"])
 
 
 class TorchEncoder:
@@ -74,11 +75,3 @@ def normalised(embeddings: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

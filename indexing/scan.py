@@ -6,7 +6,6 @@ the catalogue's ``files`` table while size and mtime are unchanged), combined wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from training.data import GeoTiffChips, UnreadableImageError
 from training.data.base import sample_id as make_sample_id
 
-from .catalog import column, insert_frame, region_hash
+from .catalog import column, insert_frame, region_hash, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def hash_samples(con: duckdb.DuckDBPyConnection, samples: list[Sample]) -> list[
                 if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
                     file_hash[path] = cached[2]
                 else:
-                    file_hash[path] = _sha256(path)
+                    file_hash[path] = sha256_file(path)
                     fresh.append((path, st.st_size, st.st_mtime_ns, file_hash[path]))
             except OSError as err:
                 file_hash[path], errors[path] = None, f"cannot read the file ({err})"
@@ -112,11 +111,3 @@ def _save_files(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, int, int, 
     con.unregister("_paths")
     insert_frame(con, "files", frame)
     con.execute("COMMIT")
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -44,6 +44,7 @@ class KnnMonitor:
         if not train_set.classes:
             log.info("kNN monitor off: %s has no class labels", root)
             return None
+        num_classes = len(train_set.classes)
         try:
             eval_set = open_archive(root, split=m.split_eval, **kwargs)
         except ValueError:
@@ -58,7 +59,6 @@ class KnnMonitor:
             train_set, eval_set = _subset(train_set, m.n_train, 1), _subset(eval_set, m.n_eval, 2)
         train = preload(train_set, desc="kNN monitor (train)", show_progress=show_progress)[:2]
         held_out = preload(eval_set, desc="kNN monitor (held out)", show_progress=show_progress)[:2]
-        num_classes = len(open_archive(root, split=m.split_train, **kwargs).classes)
         return cls(train, held_out, num_classes, config, mean, std)
 
     @torch.no_grad()
