@@ -64,3 +64,36 @@ def test_ijepa_loss_backpropagates_to_context_encoder_and_predictor_only():
     assert model.predictor.embed.weight.grad is not None
     assert model.context_encoder.vit.blocks[0].attn.qkv.weight.grad is not None
     assert all(p.grad is None for p in model.target_encoder.parameters())
+
+
+def test_shared_context_predictor_matches_the_paper_predictor_in_its_first_block():
+    # In one block a query token sees the context and its own block in both forms, so with a depth-1
+    # predictor the two are the same function; deeper, the paper's context tokens also see the queries.
+    from training.models.ijepa import Predictor
+
+    torch.manual_seed(0)
+    paper = Predictor((8, 8), embed_dim=48, pred_dim=32, depth=1, num_heads=2)
+    shared = Predictor((8, 8), embed_dim=48, pred_dim=32, depth=1, num_heads=2, shared_context=True)
+    shared.load_state_dict(paper.state_dict())
+    masks = MultiBlockMaskGenerator((8, 8))(4, torch.Generator().manual_seed(0))
+    context = torch.randn(4, masks.context.shape[1], 48)
+    expected = paper(context, masks.context, masks.targets)
+    torch.testing.assert_close(shared(context, masks.context, masks.targets), expected, rtol=1e-5, atol=1e-5)
+    deep_paper = Predictor((8, 8), 48, 32, depth=2, num_heads=2)
+    with torch.no_grad():
+        for param in deep_paper.parameters():  # weights large enough for the second block's mixing to show
+            param.normal_(0, 0.3)
+    deep_shared = Predictor((8, 8), 48, 32, depth=2, num_heads=2, shared_context=True)
+    deep_shared.load_state_dict(deep_paper.state_dict())
+    assert not torch.allclose(deep_shared(context, masks.context, masks.targets),
+                              deep_paper(context, masks.context, masks.targets), atol=1e-2)
+
+
+def test_explicit_attention_is_the_same_function():
+    from training.models import use_explicit_attention
+
+    model = build_model(_config("ijepa"))
+    images = torch.randn(2, 3, 64, 64)
+    fused = model.target_encoder(images)
+    use_explicit_attention(model)
+    torch.testing.assert_close(model.target_encoder(images), fused, rtol=1e-5, atol=1e-5)

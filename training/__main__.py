@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None,
+                   help="train in fp32 even where the device computes bf16 natively (config bf16)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=0.002 --set ijepa.regularizer=sigreg")
 
     e = verbs.add_parser("export", help="export a run's encoder to ONNX with a model card")
     e.add_argument("run", help="run folder written by pretrain")
@@ -34,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="JSON config file or preset name; default: cpu_eurosat")
     b.add_argument("--steps", type=int, default=30)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--compare", action="store_true",
+                   help="also time the previous step (fp32, fused attention, per-target predictor), interleaved")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --compare")
+    b.add_argument("--profile", action="store_true", help="print where the step's time goes (torch.profiler)")
+    b.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 even where bf16 is native")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     return parser
 
 
@@ -41,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verb == "pretrain":
-        from training.config import load_config
-        from training.engine import NonFiniteLossError, pretrain
+        from training.config import load_config, parse_assignments
+        from training.engine import pretrain
+        from training.learner import NonFiniteLossError
 
-        overrides = {"method": args.method}
+        overrides = {**parse_assignments(args.set), "method": args.method}
         if args.batch_size:
             overrides["batch_size"] = args.batch_size
         if args.device:
             overrides["device"] = args.device
+        if args.bf16 is not None:
+            overrides["bf16"] = args.bf16
         config = load_config(args.config or "cpu_eurosat", **overrides)
         try:
             pretrain(config, args.data, args.out, resume=args.resume, epochs=args.epochs, max_steps=args.max_steps)
@@ -65,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.verb == "bench":
         from training.bench import run_benchmark
-        from training.config import load_config
+        from training.config import load_config, parse_assignments
 
-        config = load_config(args.config or "cpu_eurosat", method=args.method)
-        run_benchmark(config, steps=args.steps, warmup=args.warmup)
+        config = load_config(args.config or "cpu_eurosat", **{**parse_assignments(args.set), "method": args.method,
+                                                                "bf16": args.bf16})
+        run_benchmark(config, steps=args.steps, warmup=args.warmup, compare=args.compare, rounds=args.rounds,
+                      profile=args.profile)
         return 0
     return 2
 

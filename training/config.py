@@ -43,6 +43,9 @@ class IJEPAConfig:
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = 4  # fewest context patches; the collator never hangs on small grids (see masks.py)
     ema: tuple[float, float] = (0.996, 1.0)
+    shared_context: bool = False  # one predictor sequence per image for all targets (not the paper's; models/ijepa.py)
+    regularizer: str = "none"  # anti-collapse term on the context encoder's mean-pooled embedding: sigreg, vicreg
+    reg_weight: float = 0.0  # loss = smooth-L1 prediction loss + reg_weight x regularizer (0 = the paper)
 
 
 @dataclass
@@ -60,7 +63,8 @@ class MAEConfig:
 class OptimConfig:
     """AdamW with linear warmup then cosine decay; weight decay follows a cosine from start to end."""
 
-    lr: float = 1e-3  # peak learning rate for `batch_size`
+    lr: float = 1.5e-4  # peak learning rate per 256 images; a run uses lr x batch_size / 256 (MAE's base rate;
+    # I-JEPA's paper rate is 1e-3 at batch 2048 = 1.25e-4 per 256)
     min_lr: float = 1e-6
     warmup_epochs: float = 1.0
     weight_decay: tuple[float, float] = (0.04, 0.4)
@@ -105,7 +109,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20  # steps
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
+    bf16: bool = True  # autocast the forward pass to bfloat16 where the device has it natively (training/precision.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -177,7 +181,36 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     config = apply_overrides(config, overrides)
     if config.method not in ("ijepa", "mae"):
         raise ValueError(f"method must be 'ijepa' or 'mae', got {config.method!r}")
+    from training.models.regularizers import REGULARIZERS
+
+    if config.ijepa.regularizer not in REGULARIZERS:
+        raise ValueError(f"config key 'ijepa.regularizer' must be one of {REGULARIZERS}, got {config.ijepa.regularizer!r}")
     return config
+
+
+def peak_learning_rate(config: TrainConfig) -> float:
+    """The run's peak learning rate: `optim.lr` (per 256 images) scaled linearly with the global batch."""
+    return config.optim.lr * config.batch_size / 256
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """Command-line overrides `["ijepa.reg_weight=0.1", "bf16=false"]` -> a nested dict (values are JSON;
+    a value that is not JSON is taken as a string, so `ijepa.regularizer=sigreg` works unquoted)."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {assignment!r}: write KEY=VALUE, e.g. --set optim.lr=0.002")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *sections, leaf = key.split(".")
+        node = overrides
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return overrides
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

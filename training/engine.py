@@ -1,8 +1,7 @@
-"""The pretraining loop shared by I-JEPA and MAE: data, optimiser, schedules, checkpoints, resume, DDP.
+"""The pretraining loop shared by I-JEPA and MAE: data, checkpoints, metrics, resume, signals.
 
-Every random draw of a step (augmentation, masks) comes from a generator seeded by (seed, step, rank), and
-every schedule is a pure function of the step, so a run resumed from a checkpoint continues exactly where the
-killed run stopped. Launch with `python -m training pretrain ...`, or `torchrun --nproc-per-node N -m training
+One step is `training.learner.Learner.train_step`, whose draws are seeded by the step and whose schedules are
+pure functions of the step, so a run resumed from a checkpoint continues exactly where the killed run stopped. Launch with `python -m training pretrain ...`, or `torchrun --nproc-per-node N -m training
 pretrain ...` for data-parallel training (gloo on CPU, NCCL on GPU).
 """
 
@@ -10,79 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from training import schedules
-from training.augment import normalize, random_resized_crop
 from training.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict
 from training.data import band_statistics, open_archive
+from training.distributed import pick_device, setup_distributed
 from training.feed import BatchFeed
-from training.masks import MultiBlockMaskGenerator
-from training.models import build_model
-from training.monitor import KnnMonitor
+from training.learner import Learner, NonFiniteLossError
+from training.monitor import KnnMonitor, init_correlation
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: training stops rather than writing broken weights."""
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    return device
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator for every random draw of one step on one rank."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
-
-
-def param_groups(modules: list[torch.nn.Module]) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms and tokens get none (as both reference codebases)."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, param in module.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim <= 1 or name.endswith("token") else decay).append(param)
-    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -95,73 +38,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in lines))
-
-
-class Learner:
-    """Model + optimiser + masks: everything one optimisation step needs, without the data or the files.
-
-    Shared by the training loop and the benchmark, so both time exactly the same step."""
-
-    def __init__(self, config: TrainConfig, device: torch.device, mean: torch.Tensor, std: torch.Tensor,
-                 distributed: Distributed | None = None) -> None:
-        self.config = config
-        self.device = device
-        self.mean, self.std = mean, std
-        self.dist = distributed or Distributed()
-        self.model = build_model(config).to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model.trainable_modules()), lr=config.optim.lr,
-                                           betas=config.optim.betas)
-        self.masks = None
-        if config.method == "ijepa":
-            c = config.ijepa
-            self.masks = MultiBlockMaskGenerator(self.model.context_encoder.grid, c.num_targets, c.target_scale,
-                                                 c.target_aspect, c.context_scale, c.min_keep)
-        self.ddp_model = self.model
-        if self.dist.world > 1:
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def set_schedules(self, step: int, total: int, steps_per_epoch: int) -> dict[str, float]:
-        o = self.config.optim
-        warmup = int(round(o.warmup_epochs * steps_per_epoch))
-        lr = schedules.learning_rate(step, total, min(warmup, total // 2), o.lr, o.min_lr)
-        wd = schedules.weight_decay(step, total, *o.weight_decay)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = wd if group["apply_wd"] else 0.0
-        return {"lr": lr, "wd": wd}
-
-    def loss(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The method's loss on a normalised batch [b, C, S, S] already on the device."""
-        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
-               if self.device.type == "cuda" and self.config.bf16 else nullcontext())
-        with amp:
-            if self.masks is not None:
-                masks = self.masks(images.shape[0], gen)
-                masks.context, masks.targets = masks.context.to(self.device), masks.targets.to(self.device)
-                return self.ddp_model(images, masks)
-            return self.ddp_model(images, gen)[0]
-
-    def train_step(self, raw: torch.Tensor, step: int, total: int, steps_per_epoch: int) -> dict[str, float]:
-        """One optimiser step (augment, loss, backward, AdamW, EMA) on a raw batch [b, C, H, W]."""
-        c = self.config
-        gen = step_generator(c.seed, step, self.dist.rank)
-        images = random_resized_crop(raw, c.model.img_size, c.data.crop_scale, gen, hflip=c.data.hflip)
-        images = normalize(images, self.mean, self.std).to(self.device, non_blocking=True)
-        hyper = self.set_schedules(step, total, steps_per_epoch)
-        loss = self.loss(images, gen)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {step} (lr {hyper['lr']:.2e}): training stopped. Lower "
-                f"optim.lr, set optim.grad_clip, or check the data's statistics; resume from the last checkpoint")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
-        self.optimizer.step()
-        if c.method == "ijepa":
-            self.model.update_target(schedules.ema_momentum(step, total, *c.ijepa.ema))
-        return {"loss": loss.item(), **hyper}
 
 
 class Trainer:
@@ -203,9 +79,14 @@ class Trainer:
         self.steps_per_epoch = self.feed.steps_per_epoch(self.dist.world)
 
         self.learner = Learner(config, self.device, self.mean, self.std, self.dist)
+        if self.dist.main:
+            log.info("training in %s on %s", self.learner.precision, self.device)
         self.model, self.optimizer = self.learner.model, self.learner.optimizer
         self.step = 0
         self.skipped = self.feed.skipped_on_load
+        # The exported encoder's weights at initialisation (seeded, so the same on resume): the monitor
+        # reports how far training has moved it.
+        self.initial_encoder = {k: v.detach().clone() for k, v in self.model.encoder.vit.state_dict().items()}
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer)
             self.step, self.skipped = state["step"], max(self.skipped, state.get("skipped", 0))
@@ -222,10 +103,9 @@ class Trainer:
         if self.dist.main:
             state = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "skipped": self.skipped,
                      "config": self.config.to_dict(), "max_steps": max_steps, "method": self.config.method,
-                     "data_root": self.data_root}
+                     "precision": self.learner.precision, "data_root": self.data_root}
             save_checkpoint(self.out_dir, self.model, self.optimizer, state)
-        if self.dist.world > 1:
-            dist.barrier()
+        self.dist.barrier()
 
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
         max_steps = max_steps or getattr(self, "max_steps", None)
@@ -288,7 +168,7 @@ class Trainer:
                 if self.step % c.log_every == 0 or self.step == total:
                     rate = window_images / (time.perf_counter() - window_start)
                     record.update(step=self.step, epoch=round(self.step / self.steps_per_epoch, 4),
-                                  images_per_second=round(rate, 1))
+                                  images_per_second=round(rate, 1), precision=self.learner.precision)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", img_s=f"{rate:.0f}")
                     if self.dist.main:
                         log.info("step %d/%d loss %.4f lr %.2e %.0f img/s", self.step, total, record["loss"],
@@ -311,10 +191,19 @@ class Trainer:
         self.save(max_steps)
 
     def _log_knn(self, metrics_path: Path) -> None:
+        """The monitor's record: kNN accuracy and spectrum of the exported encoder (I-JEPA: the target
+        encoder), its correlation with its initial weights, and for I-JEPA the context encoder's kNN and rank."""
         epoch = self.step / self.steps_per_epoch
-        accuracy = self.monitor.evaluate(self.model.encoder.vit)
-        log.info("epoch %.2f: kNN accuracy %.4f on the held-out subset", epoch, accuracy)
-        _append_jsonl(metrics_path, {"step": self.step, "epoch": round(epoch, 4), "knn_accuracy": accuracy})
+        record = {"step": self.step, "epoch": round(epoch, 4), **self.monitor.measure(self.model.encoder.vit),
+                  "init_correlation": init_correlation(self.model.encoder.vit, self.initial_encoder)}
+        if self.config.method == "ijepa":
+            context = self.monitor.measure(self.model.context_encoder.vit)
+            record.update(knn_context=context["knn_accuracy"], effective_rank_context=context["effective_rank"])
+        log.info("epoch %.2f: kNN accuracy %.4f on the held-out subset%s, effective rank %.1f, top share %.2f, "
+                 "init correlation %.3f", epoch, record["knn_accuracy"],
+                 f" (context encoder {record['knn_context']:.4f})" if "knn_context" in record else "",
+                 record["effective_rank"], record["top_share"], record["init_correlation"])
+        _append_jsonl(metrics_path, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
 
 
 def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,

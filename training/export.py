@@ -108,6 +108,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
     encoder.set_centre(eval_transform(train, size, *unit))
     provenance = {"training_data": state.get("data_root"), "training_split": config.data.split,
                   "epochs": round(state["epoch"], 3), "steps": state["step"],
+                  "training_precision": state.get("precision", "fp32"),
                   "centre": {"images": len(train), "split": config.data.split,
                              "vector": [round(v, 7) for v in encoder.centre.tolist()]}}
     images = _real_images(state["data_root"], config, check_images)

@@ -2,10 +2,11 @@
 
 Multi-block masks follow Assran et al. (CVPR 2023) and facebookresearch/ijepa `MaskCollator`: per batch one
 target-block size and one context-block size are drawn; per image, `num_targets` target blocks and one context
-block are placed at random, and the target patches are removed from the context. The official collator retries
-forever when fewer than `min_keep` context patches remain, which hangs on small grids (an 8x8 grid keeps about
-12 context patches). Here the retries are bounded: after `max_tries` placements the one with the largest
-context is used, and the configuration is checked up front so that the context can never be empty.
+block are placed at random, and the target patches are removed from the context. Block sizes are rounded as in
+the reference (see `_block_size`). The official collator retries forever when fewer than `min_keep` context
+patches remain, which hangs on small grids (an 8x8 grid keeps about 12 context patches). Here the retries are
+bounded: after `max_tries` placements the one with the largest context is used, and the configuration is
+checked up front so that the context can never be empty.
 
 Patch positions are row-major indices into the H x W patch grid.
 """
@@ -22,6 +23,9 @@ import torch
 class BlockMasks:
     context: torch.Tensor  # [B, Nc] long, sorted patch indices seen by the context encoder
     targets: torch.Tensor  # [B, M, Nt] long, patch indices of each of the M target blocks
+
+    def to(self, device: torch.device) -> "BlockMasks":
+        return BlockMasks(self.context.to(device), self.targets.to(device))
 
 
 class MultiBlockMaskGenerator:
@@ -53,11 +57,22 @@ class MultiBlockMaskGenerator:
             )
 
     def _block_size(self, scale: float, aspect: float) -> tuple[int, int]:
-        """(h, w) in patches of a block covering `scale` of the grid with aspect ratio h/w = `aspect`."""
-        area = scale * self.height * self.width
-        h = int(round(math.sqrt(area * aspect)))
-        w = int(round(math.sqrt(area / aspect)))
-        return max(1, min(h, self.height)), max(1, min(w, self.width))
+        """(h, w) in patches of a block covering `scale` of the grid with aspect ratio h/w = `aspect`.
+
+        The reference's rounding (facebookresearch/ijepa `_sample_block_size`): the area is floored to whole
+        patches, the sides are rounded, and a block stays strictly inside the grid. Rounding both sides up can
+        overshoot the area (4 x 3 for 10 patches), so the longer side shrinks until the block is no larger than
+        the floored area: a block never covers more than `scale` of the grid."""
+        area = max(1, int(scale * self.height * self.width))
+        h = max(1, int(round(math.sqrt(area * aspect))))
+        w = max(1, int(round(math.sqrt(area / aspect))))
+        h, w = min(h, max(1, self.height - 1)), min(w, max(1, self.width - 1))
+        while h * w > area:
+            if h >= w:
+                h -= 1
+            else:
+                w -= 1
+        return h, w
 
     def _sample_size(self, scale_range, aspect_range, gen: torch.Generator) -> tuple[int, int]:
         u = torch.rand(2, generator=gen).tolist()

@@ -76,8 +76,34 @@ class KnnMonitor:
 
     def evaluate(self, encoder: torch.nn.Module) -> float:
         """kNN top-1 accuracy (fraction) of held-out images against the train subset."""
+        return self.measure(encoder)["knn_accuracy"]
+
+    def measure(self, encoder: torch.nn.Module) -> dict[str, float]:
+        """kNN accuracy, and the spectrum of the held-out embeddings (centred on the train mean): effective
+        rank (exp of the entropy of the normalised eigenvalues; Roy & Vetterli 2007) and the share of the
+        variance on the top principal direction — a collapsed embedding has a rank near 1 and a share near 1."""
         train = self.embed(encoder, self.train[0])
         held_out = self.embed(encoder, self.held_out[0])
         mean = train.mean(dim=0, keepdim=True)  # centre on the train mean, as the study's evaluation does
-        return knn_accuracy(train - mean, self.train[1], held_out - mean, self.held_out[1], self.num_classes,
-                            k=self.config.monitor.k)
+        accuracy = knn_accuracy(train - mean, self.train[1], held_out - mean, self.held_out[1], self.num_classes,
+                                k=self.config.monitor.k)
+        return {"knn_accuracy": accuracy, **spectrum(held_out - mean)}
+
+
+def spectrum(centred: torch.Tensor) -> dict[str, float]:
+    """Effective rank and top-component share of embeddings [N, D] (already centred)."""
+    eigenvalues = torch.linalg.svdvals(centred.double()) ** 2
+    p = eigenvalues / eigenvalues.sum()
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+    return {"effective_rank": float(entropy.exp()), "top_share": float(p[0])}
+
+
+def init_correlation(encoder: torch.nn.Module, initial: dict[str, torch.Tensor]) -> float:
+    """Mean Pearson correlation of the encoder's weight matrices with their values at initialisation: 1 = has
+    not moved; a fully trained encoder keeps little of its random start (the first study's I-JEPA: 0.94-0.98)."""
+    correlations = []
+    for name, param in encoder.state_dict().items():
+        if param.ndim >= 2 and name in initial and "pos_embed" not in name:  # the positions are fixed
+            a, b = param.detach().flatten().double(), initial[name].flatten().double()
+            correlations.append(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    return float(torch.stack(correlations).mean())

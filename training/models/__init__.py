@@ -1,10 +1,12 @@
 """Models: one shared timm ViT backbone, and the I-JEPA and MAE pretraining wrappers around it."""
 
-from training.models.backbone import MaskedViT, create_encoder, gather_tokens, sincos_pos_embed
+from training.models.backbone import (MaskedViT, create_encoder, gather_tokens, init_weights, sincos_pos_embed,
+                                      use_explicit_attention)
 from training.models.ijepa import IJEPA
 from training.models.mae import MAE
 
-__all__ = ["IJEPA", "MAE", "MaskedViT", "create_encoder", "gather_tokens", "sincos_pos_embed", "build_model"]
+__all__ = ["IJEPA", "MAE", "MaskedViT", "build_model", "create_encoder", "gather_tokens", "init_weights",
+           "sincos_pos_embed", "use_explicit_attention"]
 
 
 def build_model(config):

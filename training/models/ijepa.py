@@ -17,26 +17,33 @@ from torch import nn
 
 from training.config import IJEPAConfig, ModelConfig
 from training.masks import BlockMasks
-from training.models.backbone import MaskedViT, gather_tokens, sincos_pos_embed
+from training.models.backbone import MaskedViT, gather_tokens, init_weights, sincos_pos_embed
+from training.models.regularizers import regularizer
 
 
-def init_weights(module: nn.Module) -> None:
-    """Truncated-normal linear weights, zero biases, unit LayerNorms (as the reference implementations)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+def shared_context_mask(num_context: int, num_targets: int, num_target_patches: int,
+                        device: torch.device) -> torch.Tensor:
+    """Attention mask [L, L] bool (True = may attend), L = Nc + M*Nt, for one predictor sequence holding the
+    context tokens followed by the M target blocks' queries: context tokens see the context; a target's
+    queries see the context and their own block."""
+    block = torch.arange(num_context + num_targets * num_target_patches, device=device)
+    block = torch.where(block < num_context, -1, (block - num_context) // num_target_patches)  # [L], -1 = context
+    return (block.view(1, -1) == -1) | (block.view(-1, 1) == block.view(1, -1))
 
 
 class Predictor(nn.Module):
-    """Narrow ViT predicting target-block features from context tokens."""
+    """Narrow ViT predicting target-block features from context tokens.
+
+    `shared_context=False` is the paper's predictor: one sequence per target block, the context repeated M
+    times, every token attending to every other. `shared_context=True` puts all M blocks of an image into one
+    sequence with `shared_context_mask`: the queries of a block see exactly what they see in the paper (the
+    context and their own block), the context is computed once instead of M times, and its tokens no longer
+    attend to the queries — fewer FLOPs, a different (not equivalent) function."""
 
     def __init__(self, grid: tuple[int, int], embed_dim: int, pred_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0) -> None:
+                 mlp_ratio: float = 4.0, shared_context: bool = False) -> None:
         super().__init__()
+        self.shared_context = shared_context
         self.embed = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
         self.register_buffer("pos_embed", sincos_pos_embed(grid, pred_dim), persistent=False)  # [1, N, Dp]
@@ -52,11 +59,18 @@ class Predictor(nn.Module):
         num_context = context.shape[1]
         pos = self.pos_embed.expand(batch, -1, -1)  # [B, N, Dp]
         x = self.embed(context) + gather_tokens(pos, context_idx)  # [B, Nc, Dp]
-        x = x.repeat_interleave(num_targets, dim=0)  # [B*M, Nc, Dp]
-        queries = gather_tokens(pos, target_idx.flatten(1))  # [B, M*Nt, Dp]
-        queries = queries.reshape(batch * num_targets, num_target_patches, -1) + self.mask_token  # [B*M, Nt, Dp]
-        x = self.blocks(torch.cat([x, queries], dim=1))  # [B*M, Nc+Nt, Dp]
-        return self.proj(self.norm(x[:, num_context:]))  # [B*M, Nt, D]
+        queries = gather_tokens(pos, target_idx.flatten(1)) + self.mask_token  # [B, M*Nt, Dp]
+        if self.shared_context:
+            mask = shared_context_mask(num_context, num_targets, num_target_patches, x.device)  # [L, L]
+            x = torch.cat([x, queries], dim=1)  # [B, Nc+M*Nt, Dp]
+            for block in self.blocks:
+                x = block(x, attn_mask=mask)
+            x = x[:, num_context:].reshape(batch * num_targets, num_target_patches, -1)  # [B*M, Nt, Dp]
+        else:
+            x = x.repeat_interleave(num_targets, dim=0)  # [B*M, Nc, Dp]
+            queries = queries.reshape(batch * num_targets, num_target_patches, -1)  # [B*M, Nt, Dp]
+            x = self.blocks(torch.cat([x, queries], dim=1))[:, num_context:]  # [B*M, Nt, Dp]
+        return self.proj(self.norm(x))  # [B*M, Nt, D]
 
 
 class IJEPA(nn.Module):
@@ -68,7 +82,7 @@ class IJEPA(nn.Module):
         self.context_encoder = MaskedViT(model)
         self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
         self.predictor = Predictor(self.context_encoder.grid, model.embed_dim, config.pred_dim,
-                                   config.pred_depth, model.num_heads, model.mlp_ratio)
+                                   config.pred_depth, model.num_heads, model.mlp_ratio, config.shared_context)
 
     @property
     def encoder(self) -> MaskedViT:
@@ -78,8 +92,10 @@ class IJEPA(nn.Module):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.context_encoder, self.predictor]
 
-    def forward(self, images: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
-        """images [B, C, H, W] -> smooth-L1 loss between predicted and layer-normed target features."""
+    def forward(self, images: torch.Tensor, masks: BlockMasks, gen: torch.Generator | None = None) -> torch.Tensor:
+        """images [B, C, H, W] -> smooth-L1 loss between predicted and layer-normed target features, plus
+        `reg_weight` x the anti-collapse regularizer on the context's mean-pooled embedding (if configured;
+        `gen` draws its random directions)."""
         batch, num_targets, num_target_patches = masks.targets.shape
         with torch.no_grad():
             features = self.target_encoder(images)  # [B, N, D]
@@ -88,7 +104,10 @@ class IJEPA(nn.Module):
             targets = targets.reshape(batch * num_targets, num_target_patches, -1)  # [B*M, Nt, D]
         context = self.context_encoder(images, masks.context)  # [B, Nc, D]
         predictions = self.predictor(context, masks.context, masks.targets)  # [B*M, Nt, D]
-        return F.smooth_l1_loss(predictions, targets)
+        loss = F.smooth_l1_loss(predictions.float(), targets.float())
+        if self.config.reg_weight > 0 and self.config.regularizer != "none":
+            loss = loss + self.config.reg_weight * regularizer(self.config.regularizer, context.mean(dim=1), gen)
+        return loss
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

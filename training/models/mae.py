@@ -12,8 +12,7 @@ from torch import nn
 
 from training.config import MAEConfig, ModelConfig
 from training.masks import random_masking_indices
-from training.models.backbone import MaskedViT, gather_tokens, sincos_pos_embed
-from training.models.ijepa import init_weights
+from training.models.backbone import MaskedViT, gather_tokens, init_weights, sincos_pos_embed
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Hyper-parameter sweep on val, driven by the online kNN (never by the loss, never on test).
+
+    python study/sweep.py run [--only NAME ...] [--parallel 2]    # train the runs still missing (resumable)
+    python study/sweep.py report                                   # table of every run -> study/sweep.md
+
+Each run is `python -m training pretrain` on the EuroSAT train split with the `study_sweep` preset plus the
+run's overrides (`--set`), for the same number of epochs, one thread each, `parallel` at a time; a run
+killed midway continues with --resume on the next `run`. Selection reads the kNN of the exported encoder
+(I-JEPA: the target encoder) on 2,000 val images against 4,000 train images, after the last epoch. The
+metrics of every run are copied into study/sweep/<name>.jsonl, so the table survives the run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "study" / "sweep"
+DATA = os.environ.get("DATA", str(REPO.parent / "shared" / "data" / "eurosat-rgb"))
+RUNS = Path(os.environ.get("SWEEP_RUNS", REPO / "runs" / "sweep"))
+EPOCHS = 3
+
+# name -> (method, overrides). optim.lr is per 256 images (x 64 / 256 at batch 64).
+PAPER_IJEPA = {"optim.lr": 1.25e-4, "ijepa.ema": [0.996, 1.0]}  # 1e-3 at batch 2048, EMA 0.996 -> 1
+PAPER_MAE = {"optim.lr": 1.5e-4}  # MAE's base rate
+SWEEP: dict[str, tuple[str, dict]] = {
+    "ijepa-paper": ("ijepa", PAPER_IJEPA),
+    "ijepa-lr4e-3-ema.99": ("ijepa", {"optim.lr": 4e-3, "ijepa.ema": [0.99, 1.0]}),
+    "ijepa-lr1.5e-3-ema.99": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.99, 1.0]}),
+    "ijepa-lr1.5e-3-ema.996": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.996, 1.0]}),
+    "ijepa-lr1.5e-3-ema.99-vicreg1": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.99, 1.0],
+                                                "ijepa.regularizer": "vicreg", "ijepa.reg_weight": 1.0}),
+    "ijepa-lr1.5e-3-ema.99-sigreg.02": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.99, 1.0],
+                                                  "ijepa.regularizer": "sigreg", "ijepa.reg_weight": 0.02}),
+    "ijepa-lr1.5e-3-ema.99-sigreg.1": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.99, 1.0],
+                                                 "ijepa.regularizer": "sigreg", "ijepa.reg_weight": 0.1}),
+    "ijepa-lr1.5e-3-ema.99-sigreg.1-shared": ("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.99, 1.0],
+                                                        "ijepa.regularizer": "sigreg", "ijepa.reg_weight": 0.1,
+                                                        "ijepa.shared_context": True}),
+    "mae-paper": ("mae", PAPER_MAE),
+    "mae-lr4e-3": ("mae", {"optim.lr": 4e-3}),
+    "mae-lr1.5e-3": ("mae", {"optim.lr": 1.5e-3}),
+    "mae-lr5e-4": ("mae", {"optim.lr": 5e-4}),
+    "mae-lr1.5e-3-mask.6": ("mae", {"optim.lr": 1.5e-3, "mae.mask_ratio": 0.6}),
+    "mae-lr1.5e-3-mask.9": ("mae", {"optim.lr": 1.5e-3, "mae.mask_ratio": 0.9}),
+    "mae-lr1.5e-3-dec2": ("mae", {"optim.lr": 1.5e-3, "mae.decoder_depth": 2}),
+    "mae-lr1.5e-3-pix": ("mae", {"optim.lr": 1.5e-3, "mae.norm_pix_loss": False}),
+}
+
+
+def command(name: str) -> list[str]:
+    method, overrides = SWEEP[name]
+    out = RUNS / name
+    cmd = [sys.executable, "-m", "training", "pretrain", "--method", method, "--data", DATA, "--config",
+           "study_sweep", "--out", str(out), "--epochs", str(EPOCHS)]
+    if (out / "checkpoint").is_dir():
+        return cmd + ["--resume"]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    return cmd
+
+
+def finished(name: str) -> bool:
+    state = RUNS / name / "checkpoint" / "state.json"
+    return state.is_file() and json.loads(state.read_text())["epoch"] >= EPOCHS
+
+
+def train(name: str) -> str:
+    if not finished(name):
+        RUNS.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs on a 2-core machine: one thread each
+        started = time.time()
+        with open(RUNS / f"{name}.log", "a") as log:
+            code = subprocess.call(command(name), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            return f"{name}: failed (exit {code}), see {RUNS / name}.log"
+        print(f"{name}: done in {(time.time() - started) / 60:.1f} min", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RUNS / name / "metrics.jsonl", RESULTS / f"{name}.jsonl")
+    return f"{name}: ok"
+
+
+def report() -> str:
+    rows = ["| run | method | overrides | kNN val (exported) | best kNN (epoch) | kNN context | eff. rank | "
+            "top share | init corr. | img/s (1 thread) |", "|" + "---|" * 10]
+    for name, (method, overrides) in SWEEP.items():
+        path = RESULTS / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        knn = [r for r in records if "knn_accuracy" in r]
+        steps = [r for r in records if "images_per_second" in r]
+        last, best = knn[-1], max(knn, key=lambda r: r["knn_accuracy"])
+        speed = sorted(r["images_per_second"] for r in steps)[len(steps) // 2] if steps else float("nan")
+        context = f"{100 * last['knn_context']:.1f}" if "knn_context" in last else "—"
+        settings = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        rows.append(f"| {name} | {method} | {settings} | {100 * last['knn_accuracy']:.1f} (ep {last['epoch']:.0f}) | "
+                    f"{100 * best['knn_accuracy']:.1f} ({best['epoch']:.0f}) | {context} | "
+                    f"{last.get('effective_rank', float('nan')):.1f} | {last.get('top_share', float('nan')):.2f} | "
+                    f"{last.get('init_correlation', float('nan')):.2f} | {speed:.0f} |")
+    table = "\n".join(rows)
+    (REPO / "study" / "sweep.md").write_text(
+        f"# Sweep on EuroSAT val ({EPOCHS} epochs each, `python study/sweep.py run`, then `report`)\n\n{table}\n")
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["run", "report"])
+    parser.add_argument("--only", nargs="*", help="run names (default: all)")
+    parser.add_argument("--parallel", type=int, default=2)
+    args = parser.parse_args()
+    if args.action == "report":
+        print(report())
+        return 0
+    ijepa = [name for name, (method, _) in SWEEP.items() if method == "ijepa"]
+    mae = [name for name, (method, _) in SWEEP.items() if method == "mae"]
+    interleaved = [name for pair in zip(ijepa, mae) for name in pair]  # partial results cover both methods
+    names = args.only or interleaved
+    unknown = set(names) - set(SWEEP)
+    if unknown:
+        parser.error(f"unknown runs {sorted(unknown)}; known: {list(SWEEP)}")
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for line in pool.map(train, names):
+            print(line, flush=True)
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
