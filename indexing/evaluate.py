@@ -4,8 +4,9 @@ Retrieval: test queries against the train archive, relevant = same class, mAP@k 
 Classification: weighted kNN (k = 20, cosine, weights exp(s / 0.07), ``training.knn``) and a linear probe
 (:mod:`indexing.probe`, C tuned on val, reported on test). Retrieval and kNN use features centred on the train
 mean and L2-normalised, as in the floors of NOTES.md. Baselines go through the same code: ``random-init`` (the
-first model's architecture, randomly initialised, exported like a trained model) and ``raw-pixels`` (16 x 16
-average-pooled pixels).
+first model's architecture, randomly initialised, exported like a trained model), ``raw-pixels`` (16 x 16
+average-pooled pixels) and ``colour-histogram`` (3 x 32 bins of each band's values, each band's histogram
+summing to 1): no learning at all, and the floor a trained encoder must clearly beat (NOTES.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SPLITS = ("train", "val", "test")
 COLUMNS = ("linear", "kNN20", "mAP@10", "mAP@20", "mAP@100", "P@10")
 PIXEL_GRID = 16
 PIXEL_SIZE = 64
+HISTOGRAM_BINS = 32
 
 
 def split_features(archive: Path, split: str, cache: Path, embed: Any, key: dict[str, Any], image_size: int,
@@ -68,6 +70,15 @@ def split_features(archive: Path, split: str, cache: Path, embed: Any, key: dict
 def pooled_pixels(images: torch.Tensor) -> np.ndarray:
     """Raw-pixel baseline features: images [B, C, H, W] average-pooled to 16 x 16 -> [B, C * 256]."""
     return F.adaptive_avg_pool2d(images, PIXEL_GRID).flatten(1).numpy()
+
+
+def colour_histogram(images: torch.Tensor, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Colour-histogram baseline features: images [B, C, H, W] in scaled units ([0, 1]) -> [B, C * bins], each
+    band's `bins`-bin histogram of its pixel values, normalised to sum to 1."""
+    b, c = images.shape[:2]
+    index = (images.clamp(0, 1) * bins).long().clamp(max=bins - 1).flatten(2)  # [B, C, H*W]
+    counts = torch.zeros(b, c, bins).scatter_add_(2, index, torch.ones(index.shape))  # [B, C, bins]
+    return (counts / index.shape[2]).flatten(1).numpy()
 
 
 def evaluation_splits(archive: Path) -> dict[str, str | None]:
@@ -155,6 +166,9 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
         key = {"name": "raw-pixels", "model": f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"}
         feats = features_of(root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE, None)
         rows["raw-pixels"], _ = score(feats, len(classes))
+        key = {"name": "colour-histogram", "model": f"hist{HISTOGRAM_BINS}@{PIXEL_SIZE}"}
+        feats = features_of(root / "_baselines" / "colour-histogram", colour_histogram, key, PIXEL_SIZE, None)
+        rows["colour-histogram"], _ = score(feats, len(classes))
     table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS}, roles)
     if json_file:
         Path(json_file).write_text(json.dumps({"archive": str(archive), "definition": DEFINITION,

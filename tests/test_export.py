@@ -78,3 +78,33 @@ def test_export_on_real_eurosat_images(shared_data, tmp_path):
 def test_missing_checkpoint_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m training pretrain"):
         export_run(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_last_blocks_and_whitening_are_folded_into_the_graph(exported, tmp_path):
+    from training.data import open_archive
+    root, archive, _ = exported
+    card = export_run(root / "run", tmp_path / "whitened", check_images=8, last_blocks=2, whiten=True)
+    assert card["embedding_dim"] == 96 and card["last_blocks"] == 2 and card["whitening"]["images"] == 72
+    assert "last 2 blocks" in card["pooling"] and "whitened" in card["pooling"]
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    train = open_archive(archive, split="train")
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    embeddings = ExportedEncoder(tmp_path / "whitened").embed(images).astype(np.float64)  # [72, 96]
+    # Whitened on these images: centred, uncorrelated, variances lambda / (lambda + eps lambda_max) <= 1 and the
+    # strongest direction at 1 / (1 + eps).
+    cov = np.cov(embeddings.T)
+    assert np.abs(embeddings.mean(axis=0)).max() < 1e-3
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3
+    assert np.diag(cov).max() == pytest.approx(1 / 1.01, rel=1e-3) and np.diag(cov).max() <= 1
+
+
+def test_masked_vit_on_all_patches_is_timms_forward_features():
+    from training.models import MaskedViT
+
+    vit = MaskedViT(tiny_config("mae").model).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(vit(images), vit.vit.forward_features(images))
+        keep = torch.tensor([[0, 5, 9], [1, 2, 63]])
+        # On a subset, the kept patches carry their own positions (not the same as the full forward).
+        assert vit(images, keep).shape == (2, 3, 48)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from indexing.__main__ import main
@@ -49,7 +50,7 @@ def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_
     assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
                  "--json", str(report)]) == 0
     numbers = json.loads(report.read_text())
-    assert set(numbers["rows"]) == {model.name, "random-init", "raw-pixels"}
+    assert set(numbers["rows"]) == {model.name, "random-init", "raw-pixels", "colour-histogram"}
     assert "min(k, R)" in numbers["definition"]
     for row in numbers["rows"].values():
         assert 0 <= row["mAP@10"] <= 1 and 0 <= row["linear"] <= 1 and 0 <= row["kNN20"] <= 1
@@ -66,3 +67,15 @@ def test_eurosat_splits_are_read_with_labels():
 
     test = open_archive(EUROSAT, "test")
     assert len(test) == 5400 and len(test.classes) == 10
+
+
+def test_colour_histogram_counts_each_band():
+    from indexing.evaluate import colour_histogram
+
+    images = torch.zeros(2, 3, 4, 4)
+    images[0, 0] = 1.0  # band 0 all at the top of the range -> last bin
+    images[1, :, :2] = 0.5  # half the pixels of every band in the middle bin
+    features = colour_histogram(images, bins=4).reshape(2, 3, 4)
+    assert np.allclose(features.sum(-1), 1.0)
+    assert features[0, 0, 3] == 1.0 and features[0, 1, 0] == 1.0
+    assert features[1, 2, 2] == 0.5 and features[1, 2, 0] == 0.5

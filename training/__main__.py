@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder written by pretrain")
     e.add_argument("--out", required=True, help="output folder: encoder.onnx + model_card.json")
     e.add_argument("--check-images", type=int, default=32, help="real images used for the parity check")
+    e.add_argument("--last-blocks", type=int, default=1,
+                   help="embedding = mean tokens of the last K blocks, concatenated (default 1: the paper's)")
+    e.add_argument("--whiten", action="store_true",
+                   help="PCA-whiten the embedding on training images, folded into the ONNX graph")
 
     b = verbs.add_parser("bench", help="training throughput and model FLOP utilisation on this machine")
     b.add_argument("--method", choices=["ijepa", "mae"], required=True)
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "export":
         from training.export import export_run
 
-        export_run(args.run, args.out, check_images=args.check_images)
+        export_run(args.run, args.out, check_images=args.check_images, last_blocks=args.last_blocks,
+                   whiten=args.whiten)
         return 0
     if args.verb == "bench":
         from training.bench import run_benchmark

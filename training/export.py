@@ -29,32 +29,66 @@ PARITY_TOLERANCE = 1e-4
 
 
 class ServingEncoder(nn.Module):
-    """images [B, C, S, S] in scaled units -> (embedding [B, D], tokens [B, N, D]).
+    """images [B, C, S, S] in scaled units -> (embedding [B, E], tokens [B, N, D]).
 
-    The embedding is the mean patch token minus `centre` (the mean embedding of training images, set by
-    `set_centre`; zero until then). Raw ViT embeddings share a large common component, so uncentred cosines all
-    sit near 1; centring in the graph makes every index built from the export use the geometry the evaluation
-    measures (which centres on the train mean; a constant shift changes none of its numbers)."""
+    The embedding is the mean patch token (the paper's feature; with `last_blocks` = k > 1, the mean tokens of
+    the last k blocks, each through the final LayerNorm, concatenated: E = k * D), minus `centre` (the mean
+    embedding of training images, set by `fit`; zero until then), optionally times a PCA-whitening matrix also
+    fitted on training images. Raw ViT embeddings share a large common component, so uncentred cosines all sit
+    near 1; centring in the graph makes every index built from the export use the geometry the evaluation
+    measures (which centres on the train mean; a constant shift changes none of its numbers). `tokens` are the
+    last block's, for the app's patch-level explanations."""
 
-    def __init__(self, vit: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(self, vit: nn.Module, mean: list[float], std: list[float], last_blocks: int = 1) -> None:
         super().__init__()
+        if not 1 <= last_blocks <= len(vit.blocks):
+            raise ValueError(f"last_blocks must be between 1 and the depth {len(vit.blocks)}, got {last_blocks}")
         self.vit = vit
+        self.last_blocks = last_blocks
+        dim = vit.embed_dim * last_blocks
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.register_buffer("centre", torch.zeros(vit.embed_dim))
+        self.register_buffer("centre", torch.zeros(dim))
+        self.register_buffer("whitening", torch.eye(dim))  # [E, E]; identity = no whitening
+        self.whitened = False
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.vit.forward_features((image - self.mean) / self.std)  # [B, N, D]
-        return tokens.mean(dim=1) - self.centre, tokens
+        pooled, tokens = self.pooled((image - self.mean) / self.std)  # [B, E], [B, N, D]
+        embedding = pooled - self.centre
+        if self.whitened:
+            embedding = embedding @ self.whitening
+        return embedding, tokens
+
+    def pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images [B, C, S, S] -> (mean tokens of the last k blocks [B, k*D], last tokens [B, N, D])."""
+        vit = self.vit
+        if self.last_blocks == 1:
+            tokens = vit.forward_features(x)  # [B, N, D]
+            return tokens.mean(dim=1), tokens
+        x = vit.norm_pre(vit.patch_embed(x) + vit.pos_embed)  # [B, N, D]
+        means = []
+        for index, block in enumerate(vit.blocks):
+            x = block(x)
+            if index >= len(vit.blocks) - self.last_blocks:
+                means.append(vit.norm(x).mean(dim=1))  # [B, D]
+        return torch.cat(means, dim=1), vit.norm(x)
 
     @torch.no_grad()
-    def set_centre(self, images: torch.Tensor, batch_size: int = 256) -> None:
-        """centre <- mean embedding of images [B, C, S, S] (scaled units, at the input size)."""
+    def fit(self, images: torch.Tensor, whiten: bool = False, eps: float = 1e-2, batch_size: int = 256) -> None:
+        """centre <- mean embedding of images [B, C, S, S] (scaled units, at the input size); with `whiten`,
+        whitening <- U diag(1 / sqrt(lambda + eps * lambda_max)) from the PCA of the centred embeddings (the
+        regularised whitening of Jegou & Chum, ECCV 2012: eps keeps the weakest directions from dominating)."""
         self.centre.zero_()
-        total = torch.zeros_like(self.centre)
-        for start in range(0, len(images), batch_size):
-            total += self(images[start:start + batch_size])[0].sum(dim=0)
-        self.centre.copy_(total / len(images))
+        self.whitened = False
+        pooled = torch.cat([self(images[start:start + batch_size])[0] for start in range(0, len(images), batch_size)])
+        self.centre.copy_(pooled.mean(dim=0))
+        if whiten:
+            centred = (pooled - self.centre).double()
+            eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred / (len(centred) - 1))  # ascending
+            eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
+            scale = (eigenvalues.clamp_min(0) + eps * eigenvalues[0]).rsqrt()
+            self.whitening.copy_((vectors * scale).float())
+            self.whitened = True
 
 
 def _git_commit() -> str | None:
@@ -66,7 +100,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def load_run_encoder(run_dir: str | Path) -> tuple[ServingEncoder, dict[str, Any]]:
+def load_run_encoder(run_dir: str | Path, last_blocks: int = 1) -> tuple[ServingEncoder, dict[str, Any]]:
     """Rebuild the serving encoder of a run from its checkpoint; returns (encoder in eval mode, state)."""
     checkpoint = find_checkpoint(Path(run_dir))
     if checkpoint is None:
@@ -75,7 +109,7 @@ def load_run_encoder(run_dir: str | Path) -> tuple[ServingEncoder, dict[str, Any
     config = config_from_dict(state["config"])
     model = build_model(config)
     load_checkpoint(checkpoint, model)
-    encoder = ServingEncoder(model.encoder.vit, config.data.stats_mean, config.data.stats_std).eval()
+    encoder = ServingEncoder(model.encoder.vit, config.data.stats_mean, config.data.stats_std, last_blocks).eval()
     return encoder, state
 
 
@@ -97,20 +131,23 @@ def _real_images(data_root: str, config: TrainConfig, count: int, split: str | N
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32, name: str | None = None,
-               centre_images: int = 2000) -> dict[str, Any]:
-    """Export the encoder of a training run (see `export_encoder`), its embeddings centred on the mean of up to
-    `centre_images` images of its training split. Returns the model card."""
-    encoder, state = load_run_encoder(run_dir)
+               fit_images: int = 4000, last_blocks: int = 1, whiten: bool = False) -> dict[str, Any]:
+    """Export the encoder of a training run (see `export_encoder`), its embeddings centred (and, with `whiten`,
+    PCA-whitened) on up to `fit_images` images of its training split; `last_blocks` > 1 concatenates the mean
+    tokens of the last blocks. Returns the model card."""
+    encoder, state = load_run_encoder(run_dir, last_blocks)
     config = config_from_dict(state["config"])
     size = config.model.img_size
     unit = torch.zeros(config.model.in_chans), torch.ones(config.model.in_chans)
-    train = _real_images(state["data_root"], config, centre_images, split=config.data.split)
-    encoder.set_centre(eval_transform(train, size, *unit))
+    train = _real_images(state["data_root"], config, fit_images, split=config.data.split)
+    encoder.fit(eval_transform(train, size, *unit), whiten=whiten)
     provenance = {"training_data": state.get("data_root"), "training_split": config.data.split,
                   "epochs": round(state["epoch"], 3), "steps": state["step"],
                   "training_precision": state.get("precision", "fp32"),
                   "centre": {"images": len(train), "split": config.data.split,
-                             "vector": [round(v, 7) for v in encoder.centre.tolist()]}}
+                             "vector": [round(v, 7) for v in encoder.centre.tolist()]},
+                  "whitening": ({"kind": "PCA, regularised (eps = 1e-2 of the top eigenvalue)", "images": len(train),
+                                 "split": config.data.split} if whiten else None)}
     images = _real_images(state["data_root"], config, check_images)
     return export_encoder(encoder, config, out_dir, images, provenance, name=name)
 
@@ -147,8 +184,13 @@ def export_encoder(encoder: ServingEncoder, config: TrainConfig, out_dir: str | 
         "band_indices": config.data.bands,
         "input": "float32 [batch, bands, input_size, input_size] in scaled units (uint8 / 255; see training.data)",
         "normalisation": {"mean": config.data.stats_mean, "std": config.data.stats_std, "in_graph": True},
-        "embedding_dim": m.embed_dim,
-        "pooling": "mean of patch tokens" + (" (target encoder)" if config.method == "ijepa" else ""),
+        "embedding_dim": int(encoder.centre.numel()),
+        "pooling": (("mean of patch tokens" if encoder.last_blocks == 1 else
+                     f"mean patch tokens of the last {encoder.last_blocks} blocks (each layer-normed), concatenated")
+                    + (" (target encoder)" if config.method == "ijepa" else "")
+                    + (", centred and PCA-whitened on training images" if encoder.whitened else
+                       ", centred on training images")),
+        "last_blocks": encoder.last_blocks,
         "patch_size": m.patch_size,
         "token_grid": [grid, grid],
         "outputs": {"embedding": "[batch, D]", "tokens": "[batch, N, D], raster order"},
