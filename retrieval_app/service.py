@@ -130,22 +130,33 @@ class QueryResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """Markdown: where the models agree and differ (classes, shared neighbours)."""
+        """Markdown: per model its two predictions (linear probe, kNN vote) and whether they agree; across two
+        models, whether their probes agree, whether their kNN votes agree, and the shared neighbours."""
         results = list(self.models.values())
         lines = []
         for r in results:
             probe = f"**{r.prediction}** ({r.probabilities[r.prediction]:.0%})" if r.prediction else "no probe head"
             knn = f"**{r.knn_prediction}** ({r.knn[r.knn_prediction]:.0%})" if r.knn_prediction else "no labels"
-            lines.append(f"* {r.display}: linear probe {probe}; kNN vote {knn}")
+            verdict = ""
+            if r.prediction and r.knn_prediction:
+                verdict = " — they agree" if r.prediction == r.knn_prediction else " — they differ"
+            lines.append(f"* {r.display}: linear probe {probe}; kNN vote of its neighbours {knn}{verdict}")
         if len(results) >= 2:
             a, b = results[0], results[1]
-            same = a.prediction == b.prediction and a.prediction is not None
-            verdict = (f"**Agree**: both models predict **{a.prediction}**" if same else
-                       f"**Differ**: {a.display} predicts **{a.prediction}**, {b.display} **{b.prediction}**")
             shared = {h["sample_id"] for h in a.hits} & {h["sample_id"] for h in b.hits}
-            lines.insert(0, f"{verdict}; {len(shared)} of the top {self.k} neighbours are shared "
-                            "(marked ★ in the galleries).")
+            lines.insert(0, f"{_compare('Linear probes', a.display, a.prediction, b.display, b.prediction)}; "
+                            f"{_compare('kNN votes', a.display, a.knn_prediction, b.display, b.knn_prediction)}; "
+                            f"{len(shared)} of the top {self.k} neighbours are shared (marked ★ in the galleries).")
         return "\n".join(lines)
+
+
+def _compare(what: str, name_a: str, a: str | None, name_b: str, b: str | None) -> str:
+    """"The linear probes agree: both **X**" / "The kNN votes differ: A **X**, B **Y**"."""
+    if a is None or b is None:
+        return f"{what}: not available for both models"
+    if a == b:
+        return f"{what} agree: both **{a}**"
+    return f"{what} differ: {name_a} **{a}**, {name_b} **{b}**"
 
 
 class RetrievalService:
@@ -267,6 +278,10 @@ class RetrievalService:
         _mark_shared(results)
         timings["total"] = (time.perf_counter() - start) * 1e3
         return QueryResult(results, decoded[_card_key(self._first)], k, filters, timings)
+
+    def decode(self, image: str | Path | np.ndarray, large: str = LARGE_MODES[0]) -> QueryImage:
+        """The upload decoded for the first model, as that model sees it (for a preview)."""
+        return self._decode_all(image, None, large, only=self._first)[_card_key(self._first)]
 
     def classify(self, image: str | Path | np.ndarray | None = None, *, example: str | None = None,
                  large: str = LARGE_MODES[0], k: int = 20) -> dict[str, dict[str, Any]]:

@@ -18,12 +18,13 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from training.data import UnreadableImageError
 
 from .export import write_csv, write_geojson
 from .filters import FilterError, parse_filters
+from .images import ImageFiles
 from .plots import scatter_map
 from .service import QueryError, QueryResult, RetrievalService
 from .upload import LARGE_MODES, MAX_UPLOAD_BYTES, UploadError
@@ -34,6 +35,13 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (UploadError, QueryError, FilterError, UnreadableImageError, FileNotFoundError)
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff"]
 MAX_GALLERY = 50
+#: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable).
+CSS = """
+.gallery-item .caption-label, .thumbnail-item .caption-label { white-space: normal !important;
+  overflow: visible !important; text-overflow: clip !important; font-size: 12px; line-height: 1.25; }
+"""
+SCORE_NOTE = ("Scores are the cosine similarity of the two images' embeddings (centred on the archive's mean): "
+              "1 = the same direction, 0 = unrelated; only their order within one model is meaningful.")
 
 
 def launch_options(service: RetrievalService) -> dict[str, Any]:
@@ -42,7 +50,7 @@ def launch_options(service: RetrievalService) -> dict[str, Any]:
     return {"allowed_paths": service.allowed_paths(), "max_file_size": MAX_UPLOAD_BYTES, "ssr_mode": False,
             "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                        font_mono=["ui-monospace", "monospace"]),
-            "footer_links": ["api"]}
+            "css": CSS, "footer_links": ["api"]}
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -65,14 +73,16 @@ def _guarded(fn: Callable) -> Callable:
 
 
 def _caption(hit: dict[str, Any]) -> str:
+    """Label first (what a user scans for), then split, rank and score; ★ = also found by the other model."""
     flags = (" ★" if hit["also_in"] else "") + (" (the query itself)" if hit["is_query"] else "")
     where = f" · {hit['lat']:.4f}, {hit['lon']:.4f}" if hit.get("lat") is not None else ""
-    return f"#{hit['rank']} {hit['score']:.3f} · {hit.get('label') or '?'} · {hit.get('split') or '-'}{where}{flags}"
+    return (f"{hit.get('label') or '?'} · {hit.get('split') or '-'}{flags} · #{hit['rank']} "
+            f"{hit['score']:.3f}{where}")
 
 
 def _placeholder(text: str, width: int = 640, height: int = 120) -> np.ndarray:
     im = Image.new("RGB", (width, height), (245, 245, 245))
-    ImageDraw.Draw(im).text((16, height // 2 - 6), text, fill=(90, 90, 90))
+    ImageDraw.Draw(im).text((20, height // 2 - 12), text, fill=(70, 70, 70), font=ImageFont.load_default(size=20))
     return np.asarray(im)
 
 
@@ -82,6 +92,7 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
     labels, splits = service.catalogue_values("label"), service.catalogue_values("split")
     examples = service.examples()
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
+    images = ImageFiles(export_root / "images")
 
     def _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large) -> QueryResult:
         filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
@@ -101,23 +112,32 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
             notes.append(f"Filters: {result.filters.describe()}.")
         timing = ", ".join(f"{r.display} embed {r.timings_ms['embed']:.0f} ms + search {r.timings_ms['search']:.0f} ms"
                            for r in result.models.values())
-        status = "\n\n".join([result.summary(), *notes,
+        status = "\n\n".join([result.summary(), *notes, f"<small>{SCORE_NOTE}</small>",
                                 f"<small>total {result.timings_ms['total']:.0f} ms; {timing}</small>"])
-        preview = Image.fromarray(result.query.display).resize((256, 256), Image.NEAREST)
-        outputs: list[Any] = [status, np.asarray(preview)]
+        outputs: list[Any] = [status, images.path(_preview(result.query.display))]
         state = {}
         for key in keys:
             r = result.models[key]
             outputs += [r.probabilities or {}, r.knn or {},
-                        [(service.thumbnail(key, h), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
+                        [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
             state[key] = [h["sample_id"] for h in r.hits]
         located = scatter_map(result)
-        outputs.append(located if located is not None else
-                       _placeholder("No locations known for these results (e.g. EuroSAT JPEGs carry none)."))
+        outputs.append(images.path(located if located is not None else
+                                   _placeholder("No locations known for these results (EuroSAT JPEGs carry none).")))
         outputs += list(_exports(result))
         first = state[keys[0]]
-        outputs += [state, gr.Dropdown(choices=first, value=first[0] if first else None)]
+        outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
         return outputs
+
+    def _file(thumbnail: str | np.ndarray) -> str:
+        return thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
+
+    @_guarded
+    def preview_upload(upload, large):
+        """The uploaded tile as the models will see it, shown as soon as it is uploaded."""
+        if not upload:
+            return None
+        return images.path(_preview(service.decode(upload, large=large or LARGE_MODES[0]).display))
 
     @_guarded
     def run_export(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large):
@@ -133,7 +153,7 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
                 f"Each patch is coloured by its best patch-to-patch token cosine in the other image "
                 f"(dark {out['low']:.2f} → yellow {out['high']:.2f}; mean best match over the query "
                 f"{out['mean_best']:.2f}). Bright areas are what matched.")
-        return out["query"], out["result"], text
+        return images.path(out["query"]), images.path(out["result"]), text
 
     def on_model(model, state):
         ids = (state or {}).get(model, [])
@@ -147,13 +167,13 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         state = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Query tile (JPEG, PNG or GeoTIFF)", file_types=FILE_TYPES, type="filepath",
-                                 elem_id="upload")
+                upload = gr.File(label="Query tile (JPEG, PNG, GeoTIFF; also single-frame GIF, WebP, BMP)",
+                                 file_types=FILE_TYPES, type="filepath", elem_id="upload")
                 example = gr.Dropdown(choices=examples, value=None, label="…or an example from the archive",
                                       elem_id="example", allow_custom_value=True)
                 k = gr.Slider(1, MAX_GALLERY, value=10, step=1, label="k (neighbours per model)")
                 large = gr.Radio(list(LARGE_MODES), value=LARGE_MODES[0], label="GeoTIFF larger than a chip")
-                with gr.Accordion("Filters (catalogue, DuckDB)", open=False):
+                with gr.Accordion("Filters", open=False):
                     label_filter = gr.Dropdown(choices=labels, multiselect=True, label="Labels")
                     split_filter = gr.CheckboxGroup(choices=splits, label="Splits")
                     with gr.Row():
@@ -162,19 +182,24 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
                     bbox = gr.Textbox(label="Bounding box", placeholder="min lon, min lat, max lon, max lat")
                 search = gr.Button("Search", variant="primary", elem_id="search")
             with gr.Column(scale=1):
-                query_view = gr.Image(label="Query as the models see it", interactive=False, height=256)
+                query_view = gr.Image(label="Query as the models see it", interactive=False, height=256,
+                                      elem_id="query-view")
                 status = gr.Markdown(elem_id="status")
-        per_model: list[gr.components.Component] = []
-        with gr.Row(equal_height=False):
+        galleries: list[gr.components.Component] = []
+        with gr.Row(equal_height=True):
             for key in keys:
                 with gr.Column(elem_id=f"model-{key}"):
-                    gr.Markdown(f"## {service.models[key].display}")
-                    probe = gr.Label(label=f"{service.models[key].display}: linear probe", num_top_classes=5)
-                    knn = gr.Label(label=f"{service.models[key].display}: kNN vote of the neighbours",
-                                   num_top_classes=5)
-                    gallery = gr.Gallery(label=f"{service.models[key].display}: most similar scenes", columns=4,
-                                         height=420, elem_id=f"gallery-{key}", allow_preview=False)
-                    per_model += [probe, knn, gallery]
+                    gr.Markdown(f"## {service.models[key].display}: most similar scenes")
+                    galleries.append(gr.Gallery(show_label=False, columns=5, height="auto", object_fit="cover",
+                                                elem_id=f"gallery-{key}", allow_preview=False))
+        class_labels: list[gr.components.Component] = []
+        with gr.Row(equal_height=True):
+            for key in keys:
+                with gr.Column():
+                    class_labels.append(gr.Label(label=f"{service.models[key].display}: linear probe",
+                                                 num_top_classes=5))
+                    class_labels.append(gr.Label(label=f"{service.models[key].display}: kNN vote of the neighbours",
+                                                 num_top_classes=5))
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Why this match")
@@ -196,12 +221,17 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
                     geojson_file = gr.File(label="GeoJSON", interactive=False)
 
         inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large]
-        search.click(run_query, inputs, [status, query_view, *per_model, result_map, csv_file, geojson_file, state,
-                                         explain_id], api_name="query")
         explain_inputs = [upload, example, explain_model, explain_id, large]
-        explain_button.click(run_explain, explain_inputs, [heat_query, heat_result, explain_text], api_name="explain")
+        explain_outputs = [heat_query, heat_result, explain_text]
+        # After each query the first result of the first model is explained right away.
+        per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
+        search.click(run_query, inputs, [status, query_view, *per_model, result_map, csv_file, geojson_file, state,
+                                         explain_model, explain_id], api_name="query") \
+            .success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+        upload.upload(preview_upload, [upload, large], [query_view], api_visibility="private")
+        explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
-        for key, gallery in zip(keys, per_model[2::3]):
+        for key, gallery in zip(keys, galleries):
             gallery.select(_picker(key), [state], [explain_model, explain_id], api_visibility="private") \
                 .then(run_explain, explain_inputs, [heat_query, heat_result, explain_text], api_visibility="private")
         export_button = gr.Button("Export CSV + GeoJSON", visible=False)
@@ -222,6 +252,10 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
                      api_description="Per model: linear-probe probabilities, kNN vote (k = 20), predicted classes.")
         gr.api(list_examples, api_name="examples")
     return demo
+
+
+def _preview(display: np.ndarray, size: int = 256) -> Image.Image:
+    return Image.fromarray(display).resize((size, size), Image.NEAREST)
 
 
 def _picker(key: str) -> Callable:

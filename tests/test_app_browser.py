@@ -55,22 +55,32 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             page.set_default_timeout(60_000)
             page.goto(url)
             page.locator("#upload input[type=file]").set_input_files(str(tile))
-            page.get_by_text("SeaLake_6.jpg").first.wait_for()  # the upload finished
+            page.locator("#query-view img").wait_for()  # the upload is shown as the models see it, at once
             page.locator("#upload").scroll_into_view_if_needed()
             page.get_by_label("k (neighbours per model)").first.fill(str(K))
             page.locator("#search").click()
+            tops = []
             for key in ("ijepa", "mae"):
                 images = page.locator(f"#gallery-{key} img")
                 images.nth(K - 1).wait_for()
                 assert images.count() == K
-                captions = page.locator(f"#gallery-{key}").inner_text()
-                assert "#1 1.000 · SeaLake" in captions and "(the query itself)" in captions
+                captions = page.locator(f"#gallery-{key} .caption-label")
+                assert captions.count() == K
+                first = captions.first.inner_text()
+                assert first.startswith("SeaLake · ") and "(the query itself)" in first
+                # Every caption is shown whole (wrapped, not cut): no element's text overflows its box.
+                assert captions.evaluate_all("els => els.every(e => e.scrollWidth <= e.clientWidth + 1)")
+                tops.append(page.locator(f"#gallery-{key}").bounding_box()["y"])
+            assert abs(tops[0] - tops[1]) < 2  # the two galleries side by side, aligned
             status = page.locator("#status").inner_text()
             assert "I-JEPA" in status and "MAE" in status and "neighbours are shared" in status
-            page.locator("#gallery-mae img").nth(1).click()  # "why this match" for the second MAE result
+            assert "Linear probes" in status and "kNN votes" in status and "cosine similarity" in status
+            # The first result is explained right after the query, without a click.
             page.locator("#heat-query img").wait_for()
             page.locator("#heat-result img").wait_for()
             assert "embedding cosine" in page.content()
+            page.locator("#gallery-mae img").nth(1).click()  # "why this match" for the second MAE result
+            page.get_by_text("MAE, result 2750/").first.wait_for()  # the explanation switched to MAE
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -53,12 +53,12 @@ def test_query_returns_both_models_side_by_side(app):
     _, client, setup = app
     tile = setup.archive / "2750" / "Forest" / "Forest_5.jpg"
     out = client.predict(handle_file(str(tile)), None, 4, *NO_FILTERS, "centre chip", api_name="/query")
-    status, query_image, probe_a, knn_a, gallery_a, probe_b, knn_b, gallery_b, result_map, csv, geojson, _ = out
+    status, query_image, probe_a, knn_a, gallery_a, probe_b, knn_b, gallery_b, result_map, csv, geojson, _, _ = out
     assert "I-JEPA" in status and "MAE" in status and os.path.isfile(query_image)
     for probe, knn, gallery in ((probe_a, knn_a, gallery_a), (probe_b, knn_b, gallery_b)):
         assert probe["label"] in ("Forest", "River", "SeaLake") and knn["label"]
-        assert len(gallery) == 4 and gallery[0]["caption"].startswith("#1 1.000 · Forest")
-        assert "(the query itself)" in gallery[0]["caption"]
+        assert len(gallery) == 4 and gallery[0]["caption"].startswith("Forest · ")
+        assert "(the query itself) · #1 1.000" in gallery[0]["caption"]
     assert os.path.isfile(result_map) and open(csv).readline().startswith("model,rank")
     assert '"FeatureCollection"' in open(geojson).read()
 
@@ -111,3 +111,30 @@ def test_only_the_archive_is_served_and_localhost_is_the_default(app):
         assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
     args = _parser().parse_args([])
     assert args.host == "127.0.0.1" and args.models == ["ijepa", "mae"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_concurrent_clients_downloading_every_file_see_no_errors(app, tmp_path):
+    # 8 clients send the same tile at once, so they get byte-identical images (query preview, map placeholder):
+    # the case where gradio rewrote a shared cache file while another request streamed it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, setup = app
+    tile = setup.archive / "2750" / "River" / "River_1.jpg"
+
+    def client_session(i: int) -> list[str]:
+        client = Client(url, verbose=False, download_files=str(tmp_path / f"client{i}"))
+        errors = []
+        for _ in range(4):
+            try:
+                out = client.predict(handle_file(str(tile)), None, 5, *NO_FILTERS, "centre chip", api_name="/query")
+                files = [out[1], out[8], out[9], out[10]] + [item["image"] for item in out[4] + out[7]]
+                errors += [f"empty download {f}" for f in files if os.path.getsize(f) == 0]
+            except Exception as err:  # every failure counts, whatever its type
+                errors.append(repr(err))
+        return errors
+
+    with ThreadPoolExecutor(8) as pool:
+        errors = [e for found in pool.map(client_session, range(8)) for e in found]
+    assert errors == []
