@@ -19,11 +19,15 @@ READ_ERRORS = (UnreadableImageError, OSError, ValueError, RuntimeError)
 
 
 def read_one(dataset: Dataset, index: int) -> dict[str, Any] | str:
-    """``dataset[index]``, or the reason (text) it could not be read."""
+    """``dataset[index]``, or the reason (text) it could not be read or should not be indexed (no valid pixel:
+    a GeoTIFF or chip that is all nodata would be searched as a black tile)."""
     try:
-        return dataset[index]
+        sample = dataset[index]
     except READ_ERRORS as err:
         return err.reason if isinstance(err, UnreadableImageError) else f"{type(err).__name__}: {err}"
+    if (sample.get("nodata_fraction") or 0.0) >= 1.0:
+        return "no valid pixels (every pixel is nodata)"
+    return sample
 
 
 def iter_batches(dataset: Dataset, indices: Sequence[int], batch_size: int

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: Errors whose message is meant for the user.
 USER_ERRORS = (UploadError, QueryError, FilterError, UnreadableImageError, FileNotFoundError)
-FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff"]
+FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".webp", ".bmp"]
 MAX_GALLERY = 50
 #: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable).
 CSS = """

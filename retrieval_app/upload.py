@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from indexing.query import read_query_image
 from training.data import UnreadableImageError, open_archive
-from training.data.base import RASTER_SUFFIXES, check_bands, resize_image
+from training.data.base import RASTER_SUFFIXES, ImageTooLargeError, check_bands, resize_image
 from training.data.raster import centre_latlon, open_raster, read_window
 from training.data.rgb import image_size_of
 
@@ -35,7 +35,8 @@ CHIP_SIZE = int(inspect.signature(open_archive).parameters["chip_size"].default)
 LARGE_MODES = ("centre chip", "resize whole")
 
 _SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-               b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
+               b"II+\x00": "TIFF", b"MM\x00+": "TIFF", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
+FORMATS = "JPEG, PNG, GeoTIFF, or a single-frame GIF, WebP or BMP"
 
 
 class UploadError(ValueError):
@@ -57,7 +58,7 @@ class QueryImage:
 
 
 def sniff(path: str | Path) -> str:
-    """``"JPEG"``, ``"PNG"`` or ``"TIFF"`` from the first bytes of ``path``.
+    """``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"GIF"``, ``"WEBP"`` or ``"BMP"`` from the first bytes of ``path``.
 
     Raises:
         UploadError: missing, empty, too large, or not one of those formats.
@@ -72,12 +73,14 @@ def sniff(path: str | Path) -> str:
         raise UploadError(f"The file is {size / 2**20:.1f} MiB; uploads are limited to "
                           f"{MAX_UPLOAD_BYTES // 2**20} MiB. Crop the scene to the area of interest.")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(12)
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
     for signature, kind in _SIGNATURES.items():
         if head.startswith(signature):
             return kind
-    raise UploadError(f"{path.name} is not a JPEG, PNG or GeoTIFF image (its first bytes are {head[:4]!r}). "
-                      "Upload an image tile.")
+    raise UploadError(f"{path.name} is not an image this app reads ({FORMATS}; its first bytes are "
+                      f"{head[:4]!r}). Upload an image tile.")
 
 
 def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODES[0]) -> QueryImage:
@@ -96,7 +99,11 @@ def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODE
         if kind == "TIFF":
             return _decode_geotiff(Path(path), card, large)
         return _decode_pil(Path(path), card, kind)
+    except ImageTooLargeError as err:
+        raise UploadError(f"{Path(path).name} is {err.reason}: crop or downsample it first.") from err
     except UnreadableImageError as err:
+        if "animated" in err.reason:
+            raise UploadError(f"{Path(path).name} is {err.reason}.") from err
         raise UploadError(f"{Path(path).name} could not be decoded ({err.reason}): the file is corrupt, truncated "
                           "or not an image. Upload it again or choose another tile.") from err
 
@@ -134,7 +141,13 @@ def _decode_geotiff(path: Path, card: dict[str, Any], large: str) -> QueryImage:
             else:
                 note += (f"The GeoTIFF is {width}×{height} px: resized as a whole to {size}×{size} px "
                          f"(its ground resolution is now coarser than the archive's chips).")
-        image, _ = read_window(src, bands, window, None)  # [C, h, w]
+        image, nodata = read_window(src, bands, window, None)  # [C, h, w]
+        if nodata >= 1.0:
+            raise UploadError(f"{path.name} has no valid pixels{' in its centre chip' if window else ''}: every "
+                              "pixel is nodata, so there is nothing to search. Upload a tile with image data.")
+        if nodata > 0:
+            note += (f"{nodata:.0%} of the tile is nodata (shown black; those pixels are zero for the model, "
+                     "so its matches lean on the rest). ")
         centre = (width / 2, height / 2) if window is None else (window.col_off + CHIP_SIZE / 2,
                                                                  window.row_off + CHIP_SIZE / 2)
         lat, lon = centre_latlon(src, *centre)
@@ -162,8 +175,8 @@ def _pick_bands(card: dict[str, Any], count: int, name: str) -> tuple[list[int],
 
 def _check_pixels(width: int, height: int, name: str) -> None:
     if width * height > MAX_PIXELS:
-        raise UploadError(f"{name} is {width}×{height} px ({width * height / 1e6:.0f} Mpx); images are limited to "
-                          f"{MAX_PIXELS / 1e6:.0f} Mpx (decompression-bomb guard). Crop or downsample it first.")
+        raise UploadError(f"{name} is too large to decode safely: {width}×{height} px ({width * height / 1e6:.0f} "
+                          f"Mpx; the limit is {MAX_PIXELS / 1e6:.0f} Mpx). Crop or downsample it first.")
 
 
 def to_display(image: torch.Tensor, stretch: bool) -> np.ndarray:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+import torch
 from PIL import Image
 
 from indexing.build import build
@@ -134,6 +136,18 @@ def test_only_archive_files_are_served(service, setup):
         service.thumbnail("ijepa", {**rows[0], "path": "/etc/passwd"})
 
 
+def png_header(width: int, height: int) -> bytes:
+    """An 8-bit RGB PNG that declares width x height but holds almost no pixel data (header, one tiny IDAT)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
 def _bad_uploads(tmp_path, setup):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
@@ -145,12 +159,21 @@ def _bad_uploads(tmp_path, setup):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (8000, 8000)).save(bomb)  # 64 Mpx in a few kB
     two_bands = tmp_path / "two_bands.tif"
-    import rasterio
 
     with rasterio.open(two_bands, "w", driver="GTiff", width=32, height=32, count=2, dtype="uint8") as dst:
         dst.write(np.zeros((2, 32, 32), dtype=np.uint8))
-    return {"empty": (empty, "empty"), "text": (text, "not a JPEG, PNG or GeoTIFF"),
-            "truncated": (truncated, "could not be decoded"), "bomb": (bomb, "decompression-bomb"),
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(40_000, 40_000))  # claims 1.6 gigapixels in 60 bytes
+    animated = tmp_path / "animated.gif"
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    nodata = tmp_path / "nodata.tif"
+    with rasterio.open(nodata, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8", nodata=0) as dst:
+        dst.write(np.zeros((3, 32, 32), dtype=np.uint8))
+    return {"empty": (empty, "empty"), "text": (text, "not an image this app reads"),
+            "truncated": (truncated, "could not be decoded"), "bomb": (bomb, "too large to decode safely.*64 Mpx"),
+            "huge header": (huge, r"too large to decode safely \(1,600 Mpx"),
+            "animated": (animated, "animated GIF with 2 frames"), "all nodata": (nodata, "no valid pixels"),
             "corrupt tiff": (GEOTIFFS / "corrupt.tif", "could not be decoded"),
             "two bands": (two_bands, "has 2 band"), "missing": (tmp_path / "nothing.jpg", "No file")}
 
@@ -166,6 +189,35 @@ def test_bad_uploads_get_clear_messages(service, setup, card, tmp_path, monkeypa
         service.query(big)
 
 
+def test_odd_but_valid_files_get_honest_answers(card, tmp_path):
+    # 16-bit greyscale PNG: scaled by 1/65535, not clipped to white.
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.full((32, 32), 13107, dtype=np.uint16)).save(grey16)  # 0.2 of full scale
+    decoded = decode_query(grey16, card)
+    assert torch.allclose(decoded.image, torch.full_like(decoded.image, 0.2), atol=1e-3)
+    # EXIF orientation 6 (rotate 90° clockwise to display): the query is searched upright.
+    photo = tmp_path / "phone.jpg"
+    stored = Image.new("RGB", (64, 32), (0, 0, 0))
+    stored.paste((255, 255, 255), (0, 0, 32, 32))  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(photo, exif=exif, quality=95)
+    upright = decode_query(photo, {**card, "input_size": 32}).image  # displayed 32 x 64: white on top
+    assert upright[:, :12].mean() > 0.9 and upright[:, -12:].mean() < 0.1
+    # Single-frame GIF, WebP and BMP are valid images.
+    for suffix in ("gif", "webp", "bmp"):
+        path = tmp_path / f"tile.{suffix}"
+        Image.new("RGB", (32, 32), (200, 100, 50)).save(path)
+        assert decode_query(path, card).kind == suffix.upper()
+    # A GeoTIFF that is partly nodata is searched, with a note saying how much.
+    partial = tmp_path / "partial.tif"
+    with rasterio.open(partial, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8", nodata=0) as dst:
+        pixels = np.full((3, 32, 32), 120, dtype=np.uint8)
+        pixels[:, :8] = 0  # a quarter nodata
+        dst.write(pixels)
+    assert "25% of the tile is nodata" in decode_query(partial, card).note
+
+
 def test_geotiffs_any_band_count_centre_chip_or_resize(card):
     six = GEOTIFFS / "s2_utm18n_uint16_6band.tif"  # 136 x 72 px, 6 bands: the RGB model takes bands 1-3
     chip = decode_query(six, card)
@@ -176,7 +228,8 @@ def test_geotiffs_any_band_count_centre_chip_or_resize(card):
     small = decode_query(GEOTIFFS / "wgs84_uint8_4band.tif", card)  # 70 x 40: smaller than a chip one way
     assert "resized as a whole" in small.note and small.display.dtype == np.uint8
     fits = decode_query(GEOTIFFS / "utm18n_float32_5band.tif", card)  # 48 x 48: fits one chip, 5 bands
-    assert fits.note == "The GeoTIFF has 5 bands; the model takes 3: used bands 1–3. "
+    assert fits.note.startswith("The GeoTIFF has 5 bands; the model takes 3: used bands 1–3. ")
+    assert "17% of the tile is nodata" in fits.note  # rows 40-47 of 48
 
 
 def test_exports_csv_and_geojson(service, setup, tmp_path):

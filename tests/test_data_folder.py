@@ -101,7 +101,7 @@ def test_corrupt_and_truncated_jpegs_raise_naming_the_file(image_archive: Path) 
 def test_decompression_bomb_is_unreadable(image_archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16x16 = 256 px > 2 * 100: PIL raises the bomb error
     ds = open_archive(image_archive, "train")
-    with pytest.raises(UnreadableImageError, match="DecompressionBombError"):
+    with pytest.raises(UnreadableImageError, match=r"too large to decode safely \(256 px; the limit is 100 px\)"):
         ds[0]
 
 
@@ -119,11 +119,20 @@ def test_geotiff_class_folders_read_through_rasterio(tmp_path: Path) -> None:
     assert sample["label"] == 1 and ds.describe(1)["nodata_fraction"] == 0.0
     with rasterio.open(tmp_path / "River" / "River_2.tif", "w", **{**profile, "count": 5}) as dst:
         dst.write(np.zeros((5, 8, 8), dtype=np.uint16))
-    with pytest.raises(ValueError, match=r"River_2.tif has 5 bands.*pass bands="):
+    with pytest.raises(UnreadableImageError, match=r"River_2.tif: it has 5 bands.*pass bands="):
         open_archive(tmp_path)[2]
-    Image.new("RGB", (8, 8)).save(tmp_path / "River" / "River_3.jpg")
-    with pytest.raises(ValueError, match="mixes GeoTIFFs with JPEG/PNG"):
-        open_archive(tmp_path)
+    # Mixed with a JPEG (and a file of an unknown type): everything readable is read, the rest says why not.
+    Image.new("RGB", (8, 8), (51, 51, 51)).save(tmp_path / "River" / "River_3.jpg")
+    (tmp_path / "River" / "River_4.xyz").write_bytes(b"not an image")
+    mixed = open_archive(tmp_path, bands=[1, 2, 3])
+    assert mixed.num_bands == 3 and len(mixed) == 5
+    assert torch.allclose(mixed[3]["image"], torch.full((3, 8, 8), 0.2)) and mixed[2]["image"].shape == (3, 8, 8)
+    with pytest.raises(UnreadableImageError, match=r"unknown file type '\.xyz'"):
+        mixed[4]
+    rgb = open_archive(tmp_path)  # no bands given: RGB, and the 4- and 5-band GeoTIFFs are skipped with reasons
+    assert rgb.num_bands == 3 and rgb[3]["image"].shape == (3, 8, 8)
+    with pytest.raises(UnreadableImageError, match="has 4 bands"):
+        rgb[0]
 
 
 def test_unrecognised_layouts(tmp_path: Path) -> None:

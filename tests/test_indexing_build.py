@@ -178,3 +178,27 @@ def test_cli_build_and_search_json(model, tmp_path, capsys):
     assert set(hits[0]) >= {"id", "path", "score", "label", "split", "lat", "lon"}
     assert main(["search", str(query), "--model", str(model), "--index-dir", str(index_dir), "--where", "x = ;"]) == 1
     assert main(["build", "--model", str(model), "--archive", str(tmp_path / "missing")]) == 1
+
+
+def test_mixed_archive_indexes_what_it_can_and_reports_the_rest(model, tmp_path):
+    import rasterio
+
+    archive = write_archive(tmp_path / "mixed", per_class=3)
+    (archive / "splits.csv").unlink()  # class folders: every file in them is a sample
+    folder = next(p for p in (archive / "2750").iterdir() if p.is_dir())
+    profile = dict(driver="GTiff", width=16, height=16, count=3, dtype="uint8", nodata=0)
+    with rasterio.open(folder / "rgb.tif", "w", **profile) as dst:
+        dst.write(np.full((3, 16, 16), 90, dtype=np.uint8))
+    with rasterio.open(folder / "empty.tif", "w", **profile) as dst:
+        dst.write(np.zeros((3, 16, 16), dtype=np.uint8))
+    with rasterio.open(folder / "four.tif", "w", **{**profile, "count": 4}) as dst:
+        dst.write(np.full((4, 16, 16), 90, dtype=np.uint8))
+    (folder / "notes.docx").write_bytes(b"PK not an image")
+    result = build(model, archive, tmp_path / "index")
+    reasons = {Path(path).name: reason for _, path, reason in result.skipped}
+    assert reasons["empty.tif"] == "no valid pixels (every pixel is nodata)"
+    assert "has 4 bands" in reasons["four.tif"] and "unknown file type '.docx'" in reasons["notes.docx"]
+    opened = open_index(tmp_path / "index" / Path(model).name)
+    paths = {Path(r[0]).name for r in opened.con.execute("SELECT path FROM images").fetchall()}
+    opened.close()
+    assert "rgb.tif" in paths and len(paths) == 3 * len(list((archive / "2750").iterdir())) + 1

@@ -30,8 +30,8 @@ SAMPLE_KEYS = (
     "nodata_fraction",
 )
 
-#: File suffixes (lower case) read as images by the folder and CSV layouts.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: File suffixes (lower case) read as images by the folder and CSV layouts (GIF and WebP: single frames only).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 #: File suffixes (lower case) read through rasterio rather than PIL.
 RASTER_SUFFIXES = (".tif", ".tiff")
 
@@ -44,17 +44,40 @@ class UnreadableImageError(ValueError):
         reason: what went wrong, in words.
     """
 
+    advice = ("The file is corrupt, truncated or not an image: re-download it or delete it (wrap the dataset in "
+              "SkipUnreadable to skip such files).")
+
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(
-            f"Cannot read {self.path}: {reason}. The file is corrupt, truncated or not an image: "
-            "re-download it or delete it (wrap the dataset in SkipUnreadable to skip such files)."
-        )
+        super().__init__(f"Cannot read {self.path}: {reason}. {self.advice}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keeps the two-argument constructor working when DataLoader workers pickle the error.
         return (type(self), (self.path, self.reason))
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """An image whose header declares more pixels than can be decoded safely (a decompression bomb, or just huge).
+
+    Attributes:
+        pixels: the declared width x height (None when the header does not say).
+        limit: the largest pixel count decoded.
+    """
+
+    advice = "Crop or downsample it first (SkipUnreadable skips such files in a dataset)."
+
+    def __init__(self, path: str | os.PathLike, pixels: int | None, limit: int) -> None:
+        self.pixels, self.limit = pixels, limit
+        size = _pixel_count(pixels) if pixels else "more pixels than the limit"
+        super().__init__(path, f"too large to decode safely ({size}; the limit is {_pixel_count(limit)})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.pixels, self.limit))
+
+
+def _pixel_count(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f} Mpx" if pixels >= 1_000_000 else f"{pixels:,} px"
 
 
 def sample_id(path: Path, root: Path, suffix: str = "") -> str:

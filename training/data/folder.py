@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .base import IMAGE_SUFFIXES, sample_id
+from .base import IMAGE_SUFFIXES, UnreadableImageError, sample_id
 from .images import ImageDataset, Item
 
 SPLITS_FILE = "splits.csv"
@@ -43,7 +43,8 @@ def open_splits_csv(root: Path, split: str | None = None, **options: Any) -> Ima
     items = []
     for row in rows:
         path = root / row["path"]
-        items.append(Item(path, index.get(row.get("label") or "", -1), row.get("split") or None, sample_id(path, root)))
+        items.append(Item(path, index.get(row.get("label") or "", -1), row.get("split") or None, sample_id(path, root),
+                          error=_unknown_type(path)))
     return ImageDataset(root, items, classes, **options)
 
 
@@ -65,11 +66,22 @@ def open_class_folders(root: Path, class_dir: Path | None = None, **options: Any
     folders = _class_folders(class_dir)
     classes = [d.name for d in folders]
     items = [
-        Item(path, label, None, sample_id(path, root))
+        Item(path, label, None, sample_id(path, root), error=_unknown_type(path))
         for label, folder in enumerate(folders)
         for path in _images_under(folder)
     ]
     return ImageDataset(root, items, classes, **options)
+
+
+#: Files that accompany images (GDAL statistics / overviews / masks, metadata) and are not samples themselves.
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".json", ".xml", ".txt", ".csv", ".md")
+
+
+def _unknown_type(path: Path) -> UnreadableImageError | None:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    return UnreadableImageError(path, f"unknown file type {path.suffix.lower() or '(no suffix)'!r}: the readers know "
+                                      f"{', '.join(IMAGE_SUFFIXES)}")
 
 
 def _class_folders(parent: Path) -> list[Path]:
@@ -90,4 +102,7 @@ def _iter_images(folder: Path, recursive: bool = True) -> Iterator[Path]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(_iter_images(folder))
+    """Every file under ``folder`` a reader should see: images, and files of unknown types (reported as
+    unreadable, never silently ignored); hidden files and GIS sidecar files are left out."""
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in files if not p.name.lower().endswith(SIDECAR_SUFFIXES))

@@ -1,9 +1,10 @@
 """A dataset over a list of image files (one sample per file or per crop box), shared by the folder, splits.csv,
 fMoW and SatMAE-CSV layouts.
 
-JPEG/PNG files are read as RGB with PIL (:func:`training.data.rgb.read_rgb`); archives made only of GeoTIFFs
-(e.g. EuroSAT-MS class folders) are read whole through rasterio with the scaling rules of
-:mod:`training.data.raster`.
+JPEG/PNG/GIF/WebP/BMP files are read as RGB with PIL (:func:`training.data.rgb.read_rgb`), GeoTIFFs whole
+through rasterio with the scaling rules of :mod:`training.data.raster`. An archive of GeoTIFFs only (e.g.
+EuroSAT-MS class folders) has the GeoTIFFs' band count; one that mixes them with other images has three bands
+(RGB), and a GeoTIFF in it whose bands do not fit is skipped as unreadable, with the reason.
 """
 
 from __future__ import annotations
@@ -87,12 +88,10 @@ class ImageDataset(Dataset):
         self.meta_reader = meta_reader
         self.unreadable = sorted({it.error.path for it in self.items if it.error is not None})
         suffixes = {it.path.suffix.lower() for it in self.items}
-        self.is_raster = bool(suffixes) and suffixes <= set(RASTER_SUFFIXES)
+        self.is_raster = bool(suffixes) and suffixes <= set(RASTER_SUFFIXES)  # GeoTIFFs only
         if not self.is_raster and suffixes & set(RASTER_SUFFIXES):
-            raise ValueError(
-                f"{self.root} mixes GeoTIFFs with JPEG/PNG files ({sorted(suffixes)}); their band counts and "
-                "scaling differ, so put them in separate archives."
-            )
+            logger.info("%s mixes GeoTIFFs with other images: read as %s bands (GeoTIFFs with other bands are "
+                        "skipped)", self.root, "RGB" if bands is None else list(bands))
         available = self._raster_band_count() if self.is_raster else 3
         self.bands = check_bands(bands, available, self.root)
         self.num_bands = len(self.bands)
@@ -106,7 +105,7 @@ class ImageDataset(Dataset):
         """Sample ``index``: ``image`` float32 [C, H, W] plus the metadata of :meth:`describe`."""
         item = self.items[index]
         sample = self._base_meta(item)
-        if self.is_raster:
+        if _is_raster(item):
             src = self._open_raster(item.path)
             image, sample["nodata_fraction"] = read_window(src, self.bands, None, self.scale)
             sample["width"], sample["height"] = src.width, src.height
@@ -122,7 +121,7 @@ class ImageDataset(Dataset):
         (except GeoTIFFs, whose pixels are read to compute ``nodata_fraction``)."""
         item = self.items[index]
         meta = self._base_meta(item)
-        if self.is_raster:
+        if _is_raster(item):
             src = self._open_raster(item.path)
             meta["width"], meta["height"] = src.width, src.height
             meta["nodata_fraction"] = nodata_fraction(src, self.bands)
@@ -157,17 +156,19 @@ class ImageDataset(Dataset):
         """The open GeoTIFF, checked to have the bands this dataset reads."""
         src = self._rasters.get(path)
         if self._all_bands and src.count != self.num_bands:
-            raise ValueError(
-                f"{path} has {src.count} bands but other files of {self.root} have {self.num_bands}: pass "
-                "bands=[...] (1-based indices present in every file) to read the same bands from each."
-            )
-        check_bands(self.bands, src.count, path)
+            raise UnreadableImageError(
+                path, f"it has {src.count} bands but the other images of {self.root} have {self.num_bands}; pass "
+                "bands=[...] (1-based indices present in every file) to read the same bands from each")
+        try:
+            check_bands(self.bands, src.count, path)
+        except ValueError as err:
+            raise UnreadableImageError(path, str(err)) from err
         return src
 
     def _raster_band_count(self) -> int:
         """Band count of the first readable GeoTIFF (all files must agree unless ``bands`` is given)."""
         for item in self.items:
-            if item.error is None:
+            if item.error is None and _is_raster(item):
                 try:
                     with open_raster(item.path) as src:
                         return src.count
@@ -177,4 +178,8 @@ class ImageDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, samples={len(self)}, classes={len(self.classes)})"
+
+
+def _is_raster(item: Item) -> bool:
+    return item.path.suffix.lower() in RASTER_SUFFIXES
 

@@ -1,7 +1,11 @@
-"""Decode JPEG / PNG files into float RGB tensors with PIL, failing loudly on broken files.
+"""Decode JPEG / PNG / GIF / WebP / BMP files into float RGB tensors with PIL, failing loudly on broken files.
 
-Truncation is detected because the pixels are loaded eagerly (``Image.LOAD_TRUNCATED_IMAGES`` stays off) and
-decompression bombs (``PIL.Image.DecompressionBombError``) are reported as :class:`UnreadableImageError` too.
+Truncation is detected because the pixels are loaded eagerly (``Image.LOAD_TRUNCATED_IMAGES`` stays off);
+images whose header declares more than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx)
+raise :class:`ImageTooLargeError` (saying so, with the size) before any pixel is decoded. 16-bit greyscale
+images are scaled by 1/65535 (full scale = 1, as 8-bit images by 1/255), never clipped to 8 bits; the EXIF
+orientation of a whole image is applied (phone photos); animated GIF/WebP files are refused, naming the
+frame count.
 When the output will be downscaled, JPEGs are decoded at a reduced DCT scale (``Image.draft``), which makes
 crops of large fMoW scenes several times cheaper without changing the result beyond resampling noise.
 """
@@ -9,6 +13,7 @@ crops of large fMoW scenes several times cheaper without changing the result bey
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -16,12 +21,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import UnreadableImageError
+from PIL import ImageOps
+
+from .base import ImageTooLargeError, UnreadableImageError
 
 #: (left, top, right, bottom) in pixels of the full-resolution image, right/bottom exclusive.
 Box = tuple[int, int, int, int]
 
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+#: PIL modes of integer images wider than 8 bits (16-bit PNG / TIFF greyscale).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _too_large(path: Path, err: Image.DecompressionBombError) -> ImageTooLargeError:
+    found = _BOMB_PIXELS.search(str(err))
+    return ImageTooLargeError(path, int(found.group(1)) if found else None, int(Image.MAX_IMAGE_PIXELS or 0))
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
@@ -31,6 +46,8 @@ def image_size_of(path: Path) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return im.size
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err) from err
     except _PIL_ERRORS as err:
         raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
 
@@ -39,7 +56,8 @@ def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) ->
     """Read an image as RGB, optionally cropped to ``box``.
 
     Args:
-        path: JPEG / PNG (any PIL mode: grayscale, RGBA and palette images are converted to RGB).
+        path: JPEG / PNG / GIF / WebP / BMP (any PIL mode: greyscale, 16-bit greyscale, RGBA and palette images
+            become RGB).
         box: crop (left, top, right, bottom) in full-resolution pixels; ``None`` = whole image.
         out_size: the side the caller will resize to; lets JPEGs decode at a reduced scale that still has at
             least ``out_size`` pixels across the cropped region. ``None`` = decode at full resolution.
@@ -49,12 +67,17 @@ def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) ->
         when ``out_size`` allowed a reduced decode); ``width``/``height`` are the region's full-resolution size.
 
     Raises:
-        UnreadableImageError: the file is missing, corrupt, truncated or a decompression bomb.
+        UnreadableImageError: the file is missing, corrupt, truncated or animated;
+            ImageTooLargeError (a subclass) when it declares too many pixels to decode safely.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise UnreadableImageError(path, f"an animated {im.format} with {frames} frames; save the frame "
+                                                     "to search as a PNG or JPEG")
                 full_w, full_h = im.size
                 left, top, right, bottom = box if box is not None else (0, 0, full_w, full_h)
                 if not (0 <= left < right <= full_w and 0 <= top < bottom <= full_h):
@@ -70,16 +93,28 @@ def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) ->
                 im.load()  # decodes everything now: truncated files raise here
                 if box is not None or im.size != (full_w, full_h):
                     im = im.crop((left, top, right, bottom))
-                if im.mode != "RGB":
-                    im = im.convert("RGB")
-                array = np.array(im, dtype=np.uint8)  # [h, w, 3], a writable copy
+                elif im.getexif().get(0x0112, 1) != 1:  # EXIF orientation of a whole image
+                    im = ImageOps.exif_transpose(im)
+                image = _to_tensor(im)  # [3, h, w]
     except UnreadableImageError:
         raise
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err) from err
     except _PIL_ERRORS as err:
         raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
-    image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)  # [3, h, w]
     region_w, region_h = (box[2] - box[0], box[3] - box[1]) if box is not None else (full_w, full_h)
     return image, region_w, region_h
+
+
+def _to_tensor(im: Image.Image) -> torch.Tensor:
+    """float32 [3, h, w] in [0, 1]: 8-bit modes / 255, 16-bit greyscale / 65535 (repeated to three bands)."""
+    if im.mode in _WIDE_MODES:
+        grey = torch.from_numpy(np.array(im, dtype=np.float32)).div_(65535.0).clamp_(0.0, 1.0)  # [h, w]
+        return grey.expand(3, -1, -1).clone()
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    array = np.array(im, dtype=np.uint8)  # [h, w, 3], a writable copy
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 def _draft(im: Image.Image, region_w: int, region_h: int, out_size: int) -> None:
