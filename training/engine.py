@@ -84,12 +84,14 @@ class Trainer:
         self.model, self.optimizer = self.learner.model, self.learner.optimizer
         self.step = 0
         self.skipped = self.feed.skipped_on_load
+        self.train_seconds = 0.0  # time in training steps (no data loading, monitor or checkpoints), all sessions
         # The exported encoder's weights at initialisation (seeded, so the same on resume): the monitor
         # reports how far training has moved it.
         self.initial_encoder = {k: v.detach().clone() for k, v in self.model.encoder.vit.state_dict().items()}
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer)
             self.step, self.skipped = state["step"], max(self.skipped, state.get("skipped", 0))
+            self.train_seconds = state.get("train_seconds", 0.0)
             log.info("resumed from %s at step %d", checkpoint, self.step)
         self.monitor = None
         if config.monitor.every > 0 and self.dist.main:
@@ -102,6 +104,7 @@ class Trainer:
     def save(self, max_steps: int | None) -> None:
         if self.dist.main:
             state = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "skipped": self.skipped,
+                     "train_seconds": self.train_seconds,
                      "config": self.config.to_dict(), "max_steps": max_steps, "method": self.config.method,
                      "precision": self.learner.precision, "data_root": self.data_root}
             save_checkpoint(self.out_dir, self.model, self.optimizer, state)
@@ -161,14 +164,17 @@ class Trainer:
                 self.skipped += n_skipped
                 if raw is None or len(raw) == 0:
                     continue
+                started = time.perf_counter()
                 record = self.learner.train_step(raw, self.step, total, self.steps_per_epoch)
+                self.train_seconds += time.perf_counter() - started
                 self.step += 1
                 window_images += len(raw) * self.dist.world
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == total:
                     rate = window_images / (time.perf_counter() - window_start)
                     record.update(step=self.step, epoch=round(self.step / self.steps_per_epoch, 4),
-                                  images_per_second=round(rate, 1), precision=self.learner.precision)
+                                  images_per_second=round(rate, 1), precision=self.learner.precision,
+                                  train_seconds=round(self.train_seconds, 1), threads=torch.get_num_threads())
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", img_s=f"{rate:.0f}")
                     if self.dist.main:
                         log.info("step %d/%d loss %.4f lr %.2e %.0f img/s", self.step, total, record["loss"],
@@ -194,7 +200,9 @@ class Trainer:
         """The monitor's record: kNN accuracy and spectrum of the exported encoder (I-JEPA: the target
         encoder), its correlation with its initial weights, and for I-JEPA the context encoder's kNN and rank."""
         epoch = self.step / self.steps_per_epoch
-        record = {"step": self.step, "epoch": round(epoch, 4), **self.monitor.measure(self.model.encoder.vit),
+        record = {"step": self.step, "epoch": round(epoch, 4), "images_seen": self.step * self.config.batch_size,
+                  "train_seconds": round(self.train_seconds, 1), "threads": torch.get_num_threads(),
+                  **self.monitor.measure(self.model.encoder.vit),
                   "init_correlation": init_correlation(self.model.encoder.vit, self.initial_encoder)}
         if self.config.method == "ijepa":
             context = self.monitor.measure(self.model.context_encoder.vit)
