@@ -102,28 +102,28 @@ class MultiBlockMaskGenerator:
         # Every image tries `max_tries` placements at once; the first that keeps >= min_keep context
         # patches wins, else the one that keeps the most.
         target_top, target_left = self._corners(target_size, (b, t, m), gen)
-        targets = self._block_maps(target_top, target_left, target_size)  # [B, T, M, H, W]
-        context = self._block_maps(*self._corners(context_size, (b, t), gen), context_size)  # [B, T, H, W]
-        context = context & ~targets.any(dim=2)
-        kept = context.flatten(2).sum(-1)  # [B, T]
+        tried_targets = self._block_maps(target_top, target_left, target_size)  # [B, T, M, H, W] bool
+        tried_context = self._block_maps(*self._corners(context_size, (b, t), gen), context_size)  # [B, T, H, W]
+        tried_context = tried_context & ~tried_targets.any(dim=2)
+        kept = tried_context.flatten(2).sum(-1)  # [B, T]
         good = kept >= self.min_keep
         choice = torch.where(good.any(1), good.float().argmax(1), kept.argmax(1))  # [B]
         rows = torch.arange(b)
-        context = context[rows, choice].flatten(1)  # [B, N]
-        targets = targets[rows, choice]  # [B, M, H, W]
-        empty = context.sum(1) == 0  # context block inside the targets: use everything else
-        context[empty] = ~targets[empty].any(1).flatten(1)
+        context_map = tried_context[rows, choice].flatten(1)  # [B, N] bool
+        target_maps = tried_targets[rows, choice]  # [B, M, H, W] bool
+        empty = context_map.sum(1) == 0  # context block inside the targets: use everything else
+        context_map[empty] = ~target_maps[empty].any(1).flatten(1)
         # Every image keeps the same number of context patches so the batch stacks: a random subset of the
         # smallest size, kept in raster order (the official code keeps the first ones, biasing to the top).
-        keep = int(context.sum(1).min())
-        scores = torch.rand(context.shape, generator=gen).masked_fill(~context, 2.0)
-        context_idx = scores.topk(keep, dim=1, largest=False).indices.sort(dim=1).values  # [B, Nc]
+        keep = int(context_map.sum(1).min())
+        scores = torch.rand(context_map.shape, generator=gen).masked_fill(~context_map, 2.0)
+        context_idx = scores.topk(keep, dim=1, largest=False).indices.sort(dim=1).values  # [B, Nc] long
         # Target patches of a rectangle: (top + dy) * W + (left + dx), raster order within the block.
         top, left = target_top[rows, choice], target_left[rows, choice]  # [B, M]
         dy = torch.arange(target_size[0]).view(-1, 1)
         dx = torch.arange(target_size[1]).view(1, -1)
         offsets = (dy * self.width + dx).flatten()  # [h*w]
-        target_idx = (top * self.width + left)[..., None] + offsets  # [B, M, h*w]
+        target_idx = (top * self.width + left)[..., None] + offsets  # [B, M, h*w] long
         return BlockMasks(context=context_idx, targets=target_idx)
 
 
