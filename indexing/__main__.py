@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--index-dir", help="where embeddings are cached (default: index/)")
     evaluate.add_argument("--json", dest="json_file", help="write every number to this JSON file")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel rows")
+    evaluate.add_argument("--queries", choices=["test", "val"], default="test",
+                          help="query split: test (report once) or val (model selection: the test split is not "
+                               "read, the linear probe is fitted with C = 1, not tuned)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate
 
             print(evaluate(args.model, args.archive, args.index_dir, args.json_file,
-                           baselines=not args.no_baselines))
+                           baselines=not args.no_baselines, queries=args.queries))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         logging.getLogger("indexing").error("%s", err)
         return 1

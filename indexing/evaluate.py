@@ -132,15 +132,22 @@ def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path
 
 
 def evaluate(models: list[str], archive: str | Path | None = None, index_dir: str | Path | None = None,
-             json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True) -> str:
+             json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True,
+             queries: str = "test") -> str:
     """Evaluate ``models`` (registry names or exported-model folders) plus baselines; returns the Markdown table
-    (and writes every number to ``json_file``). Saves each model's linear head next to it."""
+    (and writes every number to ``json_file``). Saves each model's linear head next to it.
+
+    ``queries="val"`` is for model selection: val queries against train, the test split never read, the probe
+    fitted with C = 1 (nothing left to tune it on) and no head saved."""
     archive = resolve_archive(archive)
     root = Path(index_dir or DEFAULT_INDEX_DIR)
     dirs = {model_key(m): resolve_model(m) for m in models}
     if baselines:
         dirs["random-init"] = random_init_model(next(iter(dirs.values())), archive, root / "_baselines")
-    roles = evaluation_splits(archive)
+    if queries not in ("test", "val"):
+        raise ValueError(f"queries must be 'test' or 'val', got {queries!r}")
+    roles = evaluation_splits(archive) if queries == "test" else {"train": "train", "val": None, "test": "val"}
+    save_heads = save_heads and queries == "test"
     rows: dict[str, dict[str, float]] = {}
     classes: list[str] = []
 

@@ -20,7 +20,7 @@ run() {  # name method epochs overrides...
 }
 
 mae() { run mae mae 32 optim.lr=0.0015; }
-ijepa() { run ijepa ijepa 16 optim.lr=0.0015 'ijepa.ema=[0.99,1.0]' ijepa.regularizer=sigreg ijepa.reg_weight=0.1; }
+ijepa() { run ijepa ijepa 16 optim.lr=0.0015 'ijepa.ema=[0.99,1.0]' ijepa.regularizer=vicreg ijepa.reg_weight=1.0; }
 ijepa-paper() { run ijepa-paper ijepa 16 optim.lr=0.000125 'ijepa.ema=[0.996,1.0]'; }
 
 if [ $# -eq 0 ]; then

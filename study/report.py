@@ -1,9 +1,11 @@
 """Figures of the study, from files that the study's commands wrote:
 
-    python study/report.py [--runs runs/study] [--features index] [--archive ../shared/data/eurosat-rgb]
+    python study/report.py [--runs runs/final] [--features index] [--archive ../shared/data/eurosat-rgb]
 
-* `study/figures/curves.png`: loss and online kNN accuracy (val subset) against epoch, per method, from
-  `runs/study/<method>/metrics.jsonl` (written by `study/pretrain.sh`).
+* `study/figures/compute_curve.png`: online kNN accuracy on the val subset against training core-minutes and
+  against images seen, one line per final run, from `runs/final/<name>/metrics.jsonl` (written by
+  `study/pretrain.sh`), first copied to `study/final/<name>.jsonl` so that the figure can be redrawn from the
+  repository alone.
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
   embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<split>.npz`), with the same
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -25,28 +28,49 @@ from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "study" / "figures"
+FINAL = REPO / "study" / "final"
 METHODS = {"ijepa": "I-JEPA", "mae": "MAE"}
 
 
-def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """(loss records, monitor records) of a metrics.jsonl file."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
     return [r for r in records if "loss" in r], [r for r in records if "knn_accuracy" in r]
 
 
-def plot_curves(runs: Path) -> Path:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for method, title in METHODS.items():
-        if not (runs / method / "metrics.jsonl").is_file():
+def collect_final(runs: Path) -> list[Path]:
+    """Copy each final run's metrics (runs/<name>/metrics.jsonl) to study/final/<name>.jsonl."""
+    FINAL.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for metrics in sorted(runs.glob("*/metrics.jsonl")):
+        target = FINAL / f"{metrics.parent.name}.jsonl"
+        shutil.copyfile(metrics, target)
+        copied.append(target)
+    return copied
+
+
+def plot_compute_curve() -> Path:
+    """Val kNN of the exported encoder (I-JEPA: target encoder; dashed: context encoder) against core-minutes
+    of training steps and against images seen."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for path in sorted(FINAL.glob("*.jsonl")):
+        _, knn = read_metrics(path)
+        knn = [r for r in knn if "train_seconds" in r]
+        if not knn:
             continue
-        losses, knn = read_metrics(runs / method)
-        axis = axes[0] if method == "ijepa" else axes[1]
-        axis.plot([r["epoch"] for r in losses], [r["loss"] for r in losses], lw=1)
-        axis.set(title=f"{title} training loss", xlabel="epoch", ylabel="loss")
-        axes[2].plot([r["epoch"] for r in knn], [100 * r["knn_accuracy"] for r in knn], marker="o", label=title)
-    axes[2].set(title="online kNN accuracy (val subset)", xlabel="epoch", ylabel="kNN20 accuracy (%)")
-    axes[2].legend()
+        minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
+        seen = [r["images_seen"] / 1e3 for r in knn]
+        for axis, x in zip(axes, (minutes, seen)):
+            line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=path.stem)
+            if "knn_context" in knn[0]:
+                axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
+                          label=f"{path.stem} (context encoder)")
+    axes[0].set(xlabel="core-minutes of training steps", ylabel="kNN20 accuracy on the val subset (%)",
+                title="compute curve (EuroSAT, CPU)")
+    axes[1].set(xlabel="thousands of images seen", title="the same against images seen")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
-    path = FIGURES / "curves.png"
+    path = FIGURES / "compute_curve.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -143,13 +167,14 @@ def variance_spectrum(features: Path, models: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(REPO / "runs" / "study"))
+    parser.add_argument("--runs", default=str(REPO / "runs" / "final"))
     parser.add_argument("--features", default=str(REPO / "index"), help="index dir used by indexing evaluate")
     parser.add_argument("--archive", default=str(REPO.parent / "shared" / "data" / "eurosat-rgb"))
     parser.add_argument("--models", nargs="+", default=["ijepa", "mae"])
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
-    print(plot_curves(Path(args.runs)))
+    collect_final(Path(args.runs))
+    print(plot_compute_curve())
     print(plot_queries(Path(args.features), Path(args.archive), args.models))
     print(plot_embedding_map(Path(args.features), args.models))
     print("\n".join(variance_spectrum(Path(args.features), args.models)))

@@ -79,3 +79,17 @@ def test_colour_histogram_counts_each_band():
     assert np.allclose(features.sum(-1), 1.0)
     assert features[0, 0, 3] == 1.0 and features[0, 1, 0] == 1.0
     assert features[1, 2, 2] == 0.5 and features[1, 2, 0] == 0.5
+
+
+def test_val_queries_for_model_selection_never_read_test(tmp_path_factory, tmp_path):
+    model = cached_tiny_model(tmp_path_factory.getbasetemp())
+    archive = write_archive(tmp_path / "arch", per_class=8)
+    report = tmp_path / "val.json"
+    head_before = (model / "linear_head.npz").stat().st_mtime_ns if (model / "linear_head.npz").exists() else None
+    assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
+                 "--json", str(report), "--queries", "val", "--no-baselines"]) == 0
+    numbers = json.loads(report.read_text())
+    assert numbers["queries"] == "val split" and numbers["tuning"] == "none (C=1)"
+    assert not list((tmp_path / "ix").rglob("features-test.npz"))  # the test split was not embedded
+    head_after = (model / "linear_head.npz").stat().st_mtime_ns if (model / "linear_head.npz").exists() else None
+    assert head_after == head_before  # no head saved from a selection run
