@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--index-dir", help="where embeddings are cached (default: index/)")
     evaluate.add_argument("--json", dest="json_file", help="write every number to this JSON file")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel rows")
+    evaluate.add_argument("--no-heads", action="store_true",
+                          help="do not write linear_head.npz beside the models (e.g. when evaluating transfer to "
+                               "another archive, whose classes the app should not show)")
     evaluate.add_argument("--queries", choices=["test", "val"], default="test",
                           help="query split: test (report once) or val (model selection: the test split is not "
                                "read, the linear probe is fitted with C = 1, not tuned)")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate
 
             print(evaluate(args.model, args.archive, args.index_dir, args.json_file,
-                           baselines=not args.no_baselines, queries=args.queries))
+                           baselines=not args.no_baselines, save_heads=not args.no_heads, queries=args.queries))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         logging.getLogger("indexing").error("%s", err)
         return 1

@@ -13,6 +13,7 @@ metrics of every run are copied into study/sweep/<name>.jsonl, so the table surv
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -53,6 +54,8 @@ SWEEP: dict[str, tuple[str, dict]] = {
     "mae-lr1.5e-3-mask.9": ("mae", {"optim.lr": 1.5e-3, "mae.mask_ratio": 0.9}),
     "mae-lr1.5e-3-dec2": ("mae", {"optim.lr": 1.5e-3, "mae.decoder_depth": 2}),
     "mae-lr1.5e-3-pix": ("mae", {"optim.lr": 1.5e-3, "mae.norm_pix_loss": False}),
+    # bf16 check: the same run as mae-lr1.5e-3 in fp32 (every other run trains in bf16 on this CPU)
+    "mae-lr1.5e-3-fp32": ("mae", {"optim.lr": 1.5e-3, "bf16": False}),
 }
 
 
@@ -123,7 +126,8 @@ def main() -> int:
         return 0
     ijepa = [name for name, (method, _) in SWEEP.items() if method == "ijepa"]
     mae = [name for name, (method, _) in SWEEP.items() if method == "mae"]
-    interleaved = [name for pair in zip(ijepa, mae) for name in pair]  # partial results cover both methods
+    # Alternate the methods, so that partial results cover both.
+    interleaved = [name for pair in itertools.zip_longest(ijepa, mae) for name in pair if name is not None]
     names = args.only or interleaved
     unknown = set(names) - set(SWEEP)
     if unknown:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
+#   bash study/evaluate.sh select      # exports the variants, prints the val table (test never read)
+#   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT test, and both directions of transfer
+set -euo pipefail
+eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
+aid=${AID:-../shared/data/aid}
+runs=${RUNS:-runs/final}
+case ${1:?select or report} in
+    select)
+        for name in ijepa mae; do
+            [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --out "exported/$name-whiten" --whiten
+            [ -d "exported/$name-last4" ] || python -m training export "$runs/$name" --out "exported/$name-last4" --last-blocks 4
+        done
+        python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
+            --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
+        ;;
+    report)
+        python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
+        python -m indexing evaluate --model ijepa mae --archive "$aid" --no-heads \
+            --json study/results-eurosat-models-on-aid.json
+        ;;
+esac
