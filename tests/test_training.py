@@ -178,3 +178,18 @@ def test_preload_skips_unreadable_files_inside_a_subset(tmp_path):
     dataset = open_archive(archive, split="train")
     images, labels, skipped = preload(torch.utils.data.Subset(dataset, list(range(len(dataset)))), show_progress=False)
     assert skipped == 1 and len(images) == len(dataset) - 1 == len(labels)
+
+
+def test_best_checkpoint_follows_the_online_knn_and_exports(archive, tmp_path):
+    from training.export import export_run
+
+    pretrain(tiny_config("mae", epochs=3), str(archive), tmp_path / "run", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "knn_accuracy" in r and r["step"] > 0]
+    best = max(trained, key=lambda r: r["knn_accuracy"])  # the first of equals: the best is kept on ties
+    best = next(r for r in trained if r["knn_accuracy"] == best["knn_accuracy"])
+    state = json.loads((tmp_path / "run" / "checkpoint-best" / "state.json").read_text())
+    assert state["step"] == best["step"] and state["best_knn"] == pytest.approx(best["knn_accuracy"])
+    assert not (tmp_path / "run" / "checkpoint-best" / "optimizer.safetensors").exists()
+    card = export_run(tmp_path / "run", tmp_path / "exported", check_images=4, best=True)
+    assert card["steps"] == best["step"] and card["checkpoint"] == "best online kNN on val"

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding = mean tokens of the last K blocks, concatenated (default 1: the paper's)")
     e.add_argument("--whiten", action="store_true",
                    help="PCA-whiten the embedding on training images, folded into the ONNX graph")
+    e.add_argument("--best", action="store_true",
+                   help="export the epoch with the best online kNN on val (checkpoint-best/), not the last")
 
     b = verbs.add_parser("bench", help="training throughput and model FLOP utilisation on this machine")
     b.add_argument("--method", choices=["ijepa", "mae"], required=True)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.export import export_run
 
         export_run(args.run, args.out, check_images=args.check_images, last_blocks=args.last_blocks,
-                   whiten=args.whiten)
+                   whiten=args.whiten, best=args.best)
         return 0
     if args.verb == "bench":
         from training.bench import run_benchmark

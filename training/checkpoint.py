@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoint"
+#: The weights of the epoch with the best online kNN on val (model + state, no optimiser): early stopping on val.
+BEST_DIR = "checkpoint-best"
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -43,23 +45,26 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> Path:
-    """Atomically write model weights, optimizer moments and `state` (JSON-able) to `run_dir/checkpoint`."""
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict[str, Any], name: str = CHECKPOINT_DIR) -> Path:
+    """Atomically write model weights, optimizer moments (unless None) and `state` (JSON-able) to
+    `run_dir/<name>`."""
     run_dir = Path(run_dir)
-    final = run_dir / CHECKPOINT_DIR
-    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, tmp / "model.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    opt_meta = None
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    old = run_dir / f".{CHECKPOINT_DIR}.old"
+    old = run_dir / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -68,10 +73,10 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     return final
 
 
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder of a run (also one left as `.old` by a kill mid-rename)."""
-    for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"):
-        path = Path(run_dir) / name
+def find_checkpoint(run_dir: Path, name: str = CHECKPOINT_DIR) -> Path | None:
+    """The newest complete checkpoint folder `name` of a run (also one left as `.old` by a kill mid-rename)."""
+    for folder in (name, f".{name}.old"):
+        path = Path(run_dir) / folder
         if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
             return path
     return None

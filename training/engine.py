@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from training.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from training.checkpoint import BEST_DIR, find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict
 from training.data import band_statistics, open_archive
 from training.distributed import pick_device, setup_distributed
@@ -85,6 +85,7 @@ class Trainer:
         self.step = 0
         self.skipped = self.feed.skipped_on_load
         self.train_seconds = 0.0  # time in training steps (no data loading, monitor or checkpoints), all sessions
+        self.best_knn: float | None = None  # the best online kNN so far; its weights are in checkpoint-best/
         # The exported encoder's weights at initialisation (seeded, so the same on resume): the monitor
         # reports how far training has moved it.
         self.initial_encoder = {k: v.detach().clone() for k, v in self.model.encoder.vit.state_dict().items()}
@@ -92,6 +93,7 @@ class Trainer:
             state = load_checkpoint(checkpoint, self.model, self.optimizer)
             self.step, self.skipped = state["step"], max(self.skipped, state.get("skipped", 0))
             self.train_seconds = state.get("train_seconds", 0.0)
+            self.best_knn = state.get("best_knn")
             log.info("resumed from %s at step %d", checkpoint, self.step)
         self.monitor = None
         if config.monitor.every > 0 and self.dist.main:
@@ -101,13 +103,16 @@ class Trainer:
         total = self.config.epochs * self.steps_per_epoch
         return min(total, max_steps) if max_steps else total
 
-    def save(self, max_steps: int | None) -> None:
+    def save(self, max_steps: int | None, best: bool = False) -> None:
+        """Checkpoint (weights, optimiser, state); with `best`, also the weights as checkpoint-best/."""
         if self.dist.main:
             state = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "skipped": self.skipped,
-                     "train_seconds": self.train_seconds,
+                     "train_seconds": self.train_seconds, "best_knn": self.best_knn,
                      "config": self.config.to_dict(), "max_steps": max_steps, "method": self.config.method,
                      "precision": self.learner.precision, "data_root": self.data_root}
             save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+            if best:
+                save_checkpoint(self.out_dir, self.model, None, state, name=BEST_DIR)
         self.dist.barrier()
 
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
@@ -192,13 +197,17 @@ class Trainer:
     def _end_of_epoch(self, metrics_path: Path, max_steps: int | None) -> None:
         epoch = self.step / self.steps_per_epoch
         every = self.config.monitor.every
+        improved = False
         if self.monitor is not None and every > 0 and (round(epoch) % every == 0 or self.step == self.total_steps(max_steps)):
-            self._log_knn(metrics_path)
-        self.save(max_steps)
+            knn = self._log_knn(metrics_path)
+            improved = self.best_knn is None or knn > self.best_knn
+            self.best_knn = knn if improved else self.best_knn
+        self.save(max_steps, best=improved)
 
-    def _log_knn(self, metrics_path: Path) -> None:
-        """The monitor's record: kNN accuracy and spectrum of the exported encoder (I-JEPA: the target
-        encoder), its correlation with its initial weights, and for I-JEPA the context encoder's kNN and rank."""
+    def _log_knn(self, metrics_path: Path) -> float:
+        """Log the monitor's record: kNN accuracy and spectrum of the exported encoder (I-JEPA: the target
+        encoder), its correlation with its initial weights, and for I-JEPA the context encoder's kNN and rank.
+        Returns the kNN accuracy."""
         epoch = self.step / self.steps_per_epoch
         record = {"step": self.step, "epoch": round(epoch, 4), "images_seen": self.step * self.config.batch_size,
                   "train_seconds": round(self.train_seconds, 1), "threads": torch.get_num_threads(),
@@ -212,6 +221,7 @@ class Trainer:
                  f" (context encoder {record['knn_context']:.4f})" if "knn_context" in record else "",
                  record["effective_rank"], record["top_share"], record["init_correlation"])
         _append_jsonl(metrics_path, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
+        return record["knn_accuracy"]
 
 
 def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from training.augment import eval_transform
-from training.checkpoint import find_checkpoint, load_checkpoint, read_state
+from training.checkpoint import BEST_DIR, CHECKPOINT_DIR, find_checkpoint, load_checkpoint, read_state
 from training.config import TrainConfig, config_from_dict
 from training.data import SkipUnreadable, collate_skipping, open_archive
 from training.encoder import CARD_NAME, ONNX_NAME, ExportedEncoder
@@ -100,9 +100,14 @@ def _git_commit() -> str | None:
         return None
 
 
-def load_run_encoder(run_dir: str | Path, last_blocks: int = 1) -> tuple[ServingEncoder, dict[str, Any]]:
-    """Rebuild the serving encoder of a run from its checkpoint; returns (encoder in eval mode, state)."""
-    checkpoint = find_checkpoint(Path(run_dir))
+def load_run_encoder(run_dir: str | Path, last_blocks: int = 1, best: bool = False
+                     ) -> tuple[ServingEncoder, dict[str, Any]]:
+    """Rebuild the serving encoder of a run from its last checkpoint (`best`: from the epoch with the best online
+    kNN on val); returns (encoder in eval mode, state)."""
+    checkpoint = find_checkpoint(Path(run_dir), BEST_DIR if best else CHECKPOINT_DIR)
+    if checkpoint is None and best:
+        raise FileNotFoundError(f"no {BEST_DIR} in {run_dir}: it is written when the online kNN monitor improves "
+                                "(monitor.every > 0); export the last checkpoint instead (without --best)")
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}: train with `python -m training pretrain --out {run_dir}`")
     state = read_state(checkpoint)
@@ -131,11 +136,12 @@ def _real_images(data_root: str, config: TrainConfig, count: int, split: str | N
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32, name: str | None = None,
-               fit_images: int = 4000, last_blocks: int = 1, whiten: bool = False) -> dict[str, Any]:
+               fit_images: int = 4000, last_blocks: int = 1, whiten: bool = False, best: bool = False
+               ) -> dict[str, Any]:
     """Export the encoder of a training run (see `export_encoder`), its embeddings centred (and, with `whiten`,
     PCA-whitened) on up to `fit_images` images of its training split; `last_blocks` > 1 concatenates the mean
-    tokens of the last blocks. Returns the model card."""
-    encoder, state = load_run_encoder(run_dir, last_blocks)
+    tokens of the last blocks; `best` exports the epoch with the best online kNN on val. Returns the card."""
+    encoder, state = load_run_encoder(run_dir, last_blocks, best)
     config = config_from_dict(state["config"])
     size = config.model.img_size
     unit = torch.zeros(config.model.in_chans), torch.ones(config.model.in_chans)
@@ -143,6 +149,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
     encoder.fit(eval_transform(train, size, *unit), whiten=whiten)
     provenance = {"training_data": state.get("data_root"), "training_split": config.data.split,
                   "epochs": round(state["epoch"], 3), "steps": state["step"],
+                  "checkpoint": "best online kNN on val" if best else "last",
                   "training_precision": state.get("precision", "fp32"),
                   "centre": {"images": len(train), "split": config.data.split,
                              "vector": [round(v, 7) for v in encoder.centre.tolist()]},
