@@ -192,7 +192,7 @@ def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in COLUMNS) + " |")
     roles = roles or {"train": "train", "val": "val", "test": "test"}
-    tuning = f"C tuned on val ({sizes['val']})" if roles["val"] else "C = 1, not tuned (no test split to spare val)"
+    tuning = f"C tuned on val ({sizes['val']})" if roles["val"] else "C = 1, not tuned (val is the query split)"
     lines.append(f"\n{archive}: queries = {roles['test']} ({sizes['test']}), archive = train ({sizes['train']}), "
                  f"relevant = same class; linear probe {tuning}; kNN k=20, cosine, exp(s/0.07); "
                  "features centred on the train mean for retrieval and kNN.\n" + DEFINITION)

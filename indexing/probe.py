@@ -37,7 +37,8 @@ def fit_linear_probe(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
             warnings.simplefilter("ignore", ConvergenceWarning)
             model = LogisticRegression(C=c, max_iter=max_iter, tol=1e-3).fit(x_train, train_labels)
         accuracy = float((model.predict(x_val) == val_labels).mean()) if len(val) else 0.0
-        logger.info("linear probe C=%g: val accuracy %.4f", c, accuracy)
+        if len(val):
+            logger.info("linear probe C=%g: val accuracy %.4f", c, accuracy)
         if best is None or accuracy > best["val_accuracy"]:
             best = {"model": model, "C": c, "val_accuracy": accuracy}
     model = best.pop("model")
