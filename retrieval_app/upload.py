@@ -21,7 +21,8 @@ from rasterio.windows import Window
 
 from indexing.query import read_query_image
 from training.data import UnreadableImageError, open_archive
-from training.data.base import RASTER_SUFFIXES, ImageTooLargeError, check_bands, resize_image
+from training.data.base import (RASTER_SUFFIXES, ImageTooLargeError, UnsupportedImageError, check_bands,
+                                resize_image)
 from training.data.raster import centre_latlon, open_raster, read_window
 from training.data.rgb import image_size_of
 
@@ -101,9 +102,9 @@ def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODE
         return _decode_pil(Path(path), card, kind)
     except ImageTooLargeError as err:
         raise UploadError(f"{Path(path).name} is {err.reason}: crop or downsample it first.") from err
+    except UnsupportedImageError as err:
+        raise UploadError(f"{Path(path).name} is {err.reason}.") from err
     except UnreadableImageError as err:
-        if "animated" in err.reason:
-            raise UploadError(f"{Path(path).name} is {err.reason}.") from err
         raise UploadError(f"{Path(path).name} could not be decoded ({err.reason}): the file is corrupt, truncated "
                           "or not an image. Upload it again or choose another tile.") from err
 

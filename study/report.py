@@ -153,14 +153,16 @@ def plot_embedding_map(features: Path, models: list[str], points: int = 2000) ->
 def variance_spectrum(features: Path, models: list[str]) -> list[str]:
     """Share of the variance of the (centred) train embeddings in their top principal directions, and the
     effective rank exp(entropy of the normalised spectrum): low values mean dimensional collapse."""
+    import torch
+
+    from training.monitor import spectrum, variance_shares
+
     lines = []
     for model in models:
         x, _, _ = load_features(features, model, "train")
-        x = x - x.mean(0, keepdims=True)
-        power = np.linalg.svd(x, compute_uv=False) ** 2
-        share = power / power.sum()
-        rank = float(np.exp(-(share * np.log(share + 1e-12)).sum()))
-        lines.append(f"{model}: top-3 variance share {', '.join(f'{v:.3f}' for v in share[:3])}; "
+        centred = torch.from_numpy(x - x.mean(0, keepdims=True))
+        share, rank = variance_shares(centred), spectrum(centred)["effective_rank"]
+        lines.append(f"{model}: top-3 variance share {', '.join(f'{v:.3f}' for v in share[:3].tolist())}; "
                      f"effective rank {rank:.1f} of {x.shape[1]}")
     return lines
 

@@ -53,7 +53,8 @@ def test_loss_falls_on_a_real_batch(method, lr, shared_data):
     config = tiny_config(method, batch_size=32, optim={"lr": lr, "warmup_epochs": 0.0, "weight_decay": [0.0, 0.0]})
     torch.manual_seed(0)
     learner = Learner(config, torch.device("cpu"), images.mean((0, 2, 3)), images.std((0, 2, 3)))
-    losses = [learner.train_step(images, step=0, total=1000, steps_per_epoch=100)["loss"] for _ in range(30)]
+    # 50 steps: at 30 the tiny MAE sits near the 10 % margin and the outcome depends on the thread count.
+    losses = [learner.train_step(images, step=0, total=1000, steps_per_epoch=100)["loss"] for _ in range(50)]
     # Same step index -> same crops and masks each time: the model must fit this batch.
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
 

@@ -201,7 +201,8 @@ class Trainer:
         if self.monitor is not None and every > 0 and (round(epoch) % every == 0 or self.step == self.total_steps(max_steps)):
             knn = self._log_knn(metrics_path)
             improved = self.best_knn is None or knn > self.best_knn
-            self.best_knn = knn if improved else self.best_knn
+            if improved:
+                self.best_knn = knn
         self.save(max_steps, best=improved)
 
     def _log_knn(self, metrics_path: Path) -> float:

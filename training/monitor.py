@@ -90,10 +90,15 @@ class KnnMonitor:
         return {"knn_accuracy": accuracy, **spectrum(held_out - mean)}
 
 
+def variance_shares(centred: torch.Tensor) -> torch.Tensor:
+    """Share of the variance on each principal direction of embeddings [N, D] (already centred), descending."""
+    eigenvalues = torch.linalg.svdvals(centred.double()) ** 2
+    return eigenvalues / eigenvalues.sum()
+
+
 def spectrum(centred: torch.Tensor) -> dict[str, float]:
     """Effective rank and top-component share of embeddings [N, D] (already centred)."""
-    eigenvalues = torch.linalg.svdvals(centred.double()) ** 2
-    p = eigenvalues / eigenvalues.sum()
+    p = variance_shares(centred)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
     return {"effective_rank": float(entropy.exp()), "top_share": float(p[0])}
 

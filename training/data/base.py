@@ -57,6 +57,12 @@ class UnreadableImageError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
+class UnsupportedImageError(UnreadableImageError):
+    """A valid image of a kind the readers do not take (e.g. an animated GIF); ``reason`` says what to do."""
+
+    advice = "The file is a valid image, but not one the readers take: convert it as the reason says."
+
+
 class ImageTooLargeError(UnreadableImageError):
     """An image whose header declares more pixels than can be decoded safely (a decompression bomb, or just huge).
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from PIL import ImageOps
 
-from .base import ImageTooLargeError, UnreadableImageError
+from .base import ImageTooLargeError, UnreadableImageError, UnsupportedImageError
 
 #: (left, top, right, bottom) in pixels of the full-resolution image, right/bottom exclusive.
 Box = tuple[int, int, int, int]
@@ -76,8 +76,8 @@ def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) ->
             with Image.open(path) as im:
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
-                    raise UnreadableImageError(path, f"an animated {im.format} with {frames} frames; save the frame "
-                                                     "to search as a PNG or JPEG")
+                    raise UnsupportedImageError(path, f"an animated {im.format} with {frames} frames; save the frame "
+                                                      "to search as a PNG or JPEG")
                 full_w, full_h = im.size
                 left, top, right, bottom = box if box is not None else (0, 0, full_w, full_h)
                 if not (0 <= left < right <= full_w and 0 <= top < bottom <= full_h):
