@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", dest="json_file", help="write every number to this JSON file")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel rows")
     evaluate.add_argument("--no-heads", action="store_true",
-                          help="do not write linear_head.npz beside the models (e.g. when evaluating transfer to "
-                               "another archive, whose classes the app should not show)")
+                          help="do not write linear_head.npz beside the models (by default it is written for each "
+                               "model evaluated on the archive it was trained on, never for a transfer)")
     evaluate.add_argument("--queries", choices=["test", "val"], default="test",
                           help="query split: test (report once) or val (model selection: the test split is not "
                                "read, the linear probe is fitted with C = 1, not tuned)")

@@ -178,7 +178,8 @@ def _commit_chunk(con: duckdb.DuckDBPyConnection, vec_rows: list[tuple[str, np.n
         "hash": column([s.hash for s, _ in meta_rows], "str"),
         **{key: column([m.get(key) for m in metas], "float") for key in ("width", "height", "bands", "lat", "lon",
                                                                           "gsd")},
-        "timestamp": column([None if m.get("timestamp") is None else str(m["timestamp"]) for m in metas], "str")})
+        "timestamp": column([None if m.get("timestamp") is None else str(m["timestamp"]) for m in metas], "str"),
+        "footprint": column([m.get("footprint") for m in metas], "str")})
     con.execute("COMMIT")
     total = con.execute("SELECT count(*) FROM sample_meta").fetchall()[0][0]
     logger.info("committed %d samples (%d new embeddings); %d in the catalogue", len(meta_rows), len(vec_rows), total)
@@ -200,7 +201,7 @@ def publish(con: duckdb.DuckDBPyConnection, out: Path, samples: list[Sample], sk
     con.register("_plan", frame)
     con.execute("""CREATE OR REPLACE TEMP TABLE new_images AS
         SELECT p.sample_id, v.id, p.path, p.hash, p.label, p.label_index, p.split, m.width, m.height, m.bands,
-               m.lat, m.lon, m.timestamp, m.gsd
+               m.lat, m.lon, m.timestamp, m.gsd, m.footprint
         FROM _plan p JOIN sample_meta m ON m.sample_id = p.sample_id AND m.hash = p.hash
         JOIN vectors v ON v.hash = p.hash ORDER BY p.sample_id""")
     con.unregister("_plan")

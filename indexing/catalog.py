@@ -6,8 +6,9 @@ Tables (``catalog.duckdb``):
   BLOB. ``id`` is the FAISS id, derived from the hash (:func:`id_of_hash`), so identical images share one row
   and one FAISS vector, and every build, shard or rerun gives the same ids. Also the embedding cache: the FAISS
   file can always be rebuilt from it without re-embedding.
-* ``sample_meta(sample_id, hash, width, height, bands, lat, lon, timestamp, gsd)``: what reading the pixels
-  told us, cached per sample and content.
+* ``sample_meta(sample_id, hash, width, height, bands, lat, lon, timestamp, gsd, footprint)``: what reading the
+  pixels told us, cached per sample and content. ``lat``/``lon`` is the sample's centre and ``footprint`` its
+  outline (a GeoJSON Polygon string), both in WGS84, where the file is georeferenced.
 * ``files(path, size, mtime_ns, sha256)``: file hashes, so unchanged files are not re-read to be hashed.
 * ``images``: the PUBLISHED catalogue, one row per sample (path + region), joined to ``vectors`` by ``id``.
 * ``skipped(sample_id, path, reason)``: samples of the last build that could not be read, with the reason.
@@ -39,20 +40,22 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (id BIGINT PRIMARY KEY, hash VARCHAR NOT NULL UNIQUE, embedding BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sample_meta (
     sample_id VARCHAR NOT NULL, hash VARCHAR NOT NULL, width INTEGER, height INTEGER, bands INTEGER,
-    lat DOUBLE, lon DOUBLE, timestamp VARCHAR, gsd DOUBLE, PRIMARY KEY (sample_id, hash));
+    lat DOUBLE, lon DOUBLE, timestamp VARCHAR, gsd DOUBLE, footprint VARCHAR, PRIMARY KEY (sample_id, hash));
 CREATE TABLE IF NOT EXISTS files (path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, sha256 VARCHAR);
 CREATE TABLE IF NOT EXISTS images (
     sample_id VARCHAR PRIMARY KEY, id BIGINT NOT NULL, path VARCHAR NOT NULL, hash VARCHAR NOT NULL,
     label VARCHAR, label_index INTEGER, split VARCHAR, width INTEGER, height INTEGER, bands INTEGER,
-    lat DOUBLE, lon DOUBLE, timestamp VARCHAR, gsd DOUBLE);
+    lat DOUBLE, lon DOUBLE, timestamp VARCHAR, gsd DOUBLE, footprint VARCHAR);
 CREATE TABLE IF NOT EXISTS skipped (sample_id VARCHAR, path VARCHAR, reason VARCHAR);
 CREATE TABLE IF NOT EXISTS manifest (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS cache_owner (identity VARCHAR);
+ALTER TABLE sample_meta ADD COLUMN IF NOT EXISTS footprint VARCHAR;  -- catalogues built before footprints
+ALTER TABLE images ADD COLUMN IF NOT EXISTS footprint VARCHAR;
 """
 
 #: Columns a ``--where`` clause may use.
 IMAGE_COLUMNS = ("sample_id", "id", "path", "hash", "label", "label_index", "split", "width", "height", "bands",
-                 "lat", "lon", "timestamp", "gsd")
+                 "lat", "lon", "timestamp", "gsd", "footprint")
 
 
 def id_of_hash(content_hash: str) -> int:

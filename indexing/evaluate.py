@@ -135,7 +135,8 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
              json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True,
              queries: str = "test") -> str:
     """Evaluate ``models`` (registry names or exported-model folders) plus baselines; returns the Markdown table
-    (and writes every number to ``json_file``). Saves each model's linear head next to it.
+    (and writes every number to ``json_file``). Saves each model's linear head next to it unless the card
+    names another training archive (a transfer evaluation never replaces the classes the app shows).
 
     ``queries="val"`` is for model selection: val queries against train, the test split never read, the probe
     fitted with C = 1 (nothing left to tune it on) and no head saved."""
@@ -168,7 +169,11 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
         feats = features_of(root / name, encoder.embed, key, encoder.input_size, encoder.card.get("band_indices"))
         rows[name], head = score(feats, len(classes))
         if save_heads and name != "random-init":
-            logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
+            if not trained_elsewhere(encoder.card, archive):
+                logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
+            else:
+                logger.info("%s was trained on %s, not on %s: its linear head is left as it is (transfer)",
+                            name, encoder.card.get("training_data"), archive)
     if baselines:
         key = {"name": "raw-pixels", "model": f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"}
         feats = features_of(root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE, None)
@@ -183,6 +188,12 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
                                                "tuning": f"{roles['val']} split" if roles["val"] else "none (C=1)",
                                                "rows": rows}, indent=1))
     return table
+
+
+def trained_elsewhere(card: dict, archive: Path) -> bool:
+    """Whether the model card names a training archive other than ``archive`` (stored as the path was given)."""
+    trained = card.get("training_data")
+    return trained is not None and Path(trained).resolve() != Path(archive).resolve()
 
 
 def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int],

@@ -1,4 +1,4 @@
-"""Where things live: the model registry (``assets/models/<name>/``), the demo archive and the index folder."""
+"""Where things live: the model registry (``assets/models/<name>/``), the demo archives and the index folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from training.encoder import CARD_NAME
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "assets" / "models"
 DEMO_ARCHIVE = REPO_ROOT / "assets" / "demo"
+LOCATED_ARCHIVE = REPO_ROOT / "assets" / "located"
 DEFAULT_INDEX_DIR = REPO_ROOT / "index"
+#: The archives shipped in ``assets/``: name shown in the app -> (archive, its indexes' folder inside the index dir).
+SHIPPED_ARCHIVES = {
+    "EuroSAT demo (1,000 Sentinel-2 tiles, labelled)": (DEMO_ARCHIVE, "."),
+    "Located: NAIP + Landsat chips (georeferenced)": (LOCATED_ARCHIVE, "located"),
+}
 
 
 def resolve_model(model: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """``python -m retrieval_app [--index-dir DIR] [--models ijepa mae] [--archive DIR] [--host H] [--port P]``.
 
-Parses arguments and calls :func:`main`: builds the indexes that are missing (the demo archive with the shipped
-models by default), loads the service once, and launches the UI on 127.0.0.1 unless told otherwise.
+Parses arguments and calls :func:`main`: builds the indexes that are missing (by default of both shipped
+archives, the EuroSAT demo and the located NAIP + Landsat chips, each with the shipped models; with ``--archive``
+of that archive only), loads one service per archive, and launches the UI on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retrieval_app", description=__doc__)
     parser.add_argument("--models", nargs="+", default=["ijepa", "mae"],
                         help="registry names (assets/models/<name>) or exported-model folders (default: ijepa mae)")
-    parser.add_argument("--archive", help="image archive to index when an index is missing (default: assets/demo)")
-    parser.add_argument("--index-dir", help="folder of the indexes (default: index/ at the repo root)")
+    parser.add_argument("--archive", help="serve this image archive only, indexing it where needed (default: the "
+                                          "two shipped archives, assets/demo and assets/located)")
+    parser.add_argument("--index-dir", help="folder of the indexes (default: index/ at the repo root; the located archive's "
+                                            "in its located/ subfolder)")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing indexes")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
@@ -31,21 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("retrieval_app")
+    from indexing.paths import DEFAULT_INDEX_DIR, SHIPPED_ARCHIVES
+
     from .service import RetrievalService, build_missing
 
+    archives = ({Path(args.archive).name: (args.archive, args.index_dir)} if args.archive
+                else {name: (archive, Path(args.index_dir or DEFAULT_INDEX_DIR) / folder)
+                      for name, (archive, folder) in SHIPPED_ARCHIVES.items()})
+    services = {}
     try:
-        if not args.no_build:
-            for report in build_missing(args.models, args.archive, args.index_dir):
-                log.info("%s", report)
-        service = RetrievalService.open(args.models, args.index_dir)
+        for name, (archive, index_dir) in archives.items():
+            if not args.no_build:
+                for report in build_missing(args.models, archive, index_dir):
+                    log.info("%s", report)
+            services[name] = RetrievalService.open(args.models, index_dir)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         log.error("%s", err)
         return 1
     from .ui import create_demo, launch_options
 
-    demo = create_demo(service)
+    demo = create_demo(services)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                   **launch_options(service))
+                                                   **launch_options(services))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Results as CSV and GeoJSON (RFC 7946: features without a known location have ``"geometry": null``)."""
+"""Results as CSV and GeoJSON (RFC 7946): a hit's geometry is its footprint (Polygon) where the catalogue has one,
+else its centre (Point), else ``null``; the CSV has the centre and the footprint as GeoJSON text."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from .service import QueryResult
 
 COLUMNS = ("model", "rank", "score", "sample_id", "label", "split", "path", "lat", "lon", "timestamp", "width",
-           "height", "bands", "gsd", "is_query", "also_in", "predicted_class", "knn_class")
+           "height", "bands", "gsd", "is_query", "also_in", "predicted_class", "knn_class", "footprint")
 
 
 def result_rows(result: QueryResult) -> list[dict[str, Any]]:
@@ -36,12 +37,19 @@ def write_csv(result: QueryResult, path: str | Path) -> Path:
 
 
 def to_geojson(result: QueryResult) -> dict[str, Any]:
-    """A FeatureCollection: one Point feature ([lon, lat]) per hit, ``null`` geometry where unknown."""
+    """A FeatureCollection: one feature per hit, its footprint Polygon, else its centre Point ([lon, lat]), else
+    ``null`` geometry; the centre is also kept as the ``centre`` property of a Polygon feature."""
     features = []
     for row in result_rows(result):
         located = row["lat"] is not None and row["lon"] is not None
-        geometry = {"type": "Point", "coordinates": [row["lon"], row["lat"]]} if located else None
-        properties = {k: v for k, v in row.items() if k not in ("lat", "lon")}
+        centre = [row["lon"], row["lat"]] if located else None
+        if row["footprint"]:
+            geometry = json.loads(row["footprint"])
+        else:
+            geometry = {"type": "Point", "coordinates": centre} if located else None
+        properties = {k: v for k, v in row.items() if k not in ("lat", "lon", "footprint")}
+        if row["footprint"] and centre:
+            properties["centre"] = centre
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features,
             "properties": {"k": result.k, "filters": result.filters.describe(), "note": result.query.note}}

@@ -10,6 +10,7 @@ read-only, and each thread gets its own DuckDB cursor.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from PIL import Image
 from rasterio.windows import Window
 
 from indexing.encoders import OnnxEncoder, load_encoder, normalised
@@ -45,6 +47,8 @@ METHOD_NAMES = {"ijepa": "I-JEPA", "mae": "MAE"}
 #: Temperature of the weighted kNN vote, as in ``training.knn`` and the evaluation.
 KNN_TEMPERATURE = 0.07
 MAX_K = 100
+#: Archive chips whose pixels the map keeps in memory (64 px RGB chips: ~12 kB each).
+MAP_CACHE = 4096
 _CHIP_ID = re.compile(r"#r(\d+)c(\d+)$")
 
 
@@ -170,6 +174,7 @@ class RetrievalService:
         self._lock = threading.Lock()
         self._cursors: list[Any] = []
         self._datasets: dict[str, tuple[Any, dict[str, int]]] = {}
+        self._map_cache: dict[str, np.ndarray] = {}  # sample_id -> uint8 [H, W, 3]
 
     @classmethod
     def open(cls, models: Sequence[str | Path] = ("ijepa", "mae"), index_dir: str | Path | None = None,
@@ -344,7 +349,39 @@ class RetrievalService:
             return str(path)
         return self.read_row(model, row).display
 
+    def map_chips(self, bounds: tuple[float, float, float, float], limit: int = 400
+                  ) -> list[tuple[list[tuple[float, float]], np.ndarray]]:
+        """``(footprint ring [(lon, lat), ...], uint8 [H, W, 3])`` of the archive chips centred inside ``bounds``
+        (min_lon, min_lat, max_lon, max_lat), for the map's imagery layer; none when more than ``limit`` are
+        (too small to see). Pixels are read once and kept (at most ``MAP_CACHE`` chips)."""
+        model = self._first
+        min_lon, min_lat, max_lon, max_lat = bounds
+        cursor = self._opened(model).con.execute(
+            "SELECT * FROM images WHERE footprint IS NOT NULL AND lon BETWEEN ? AND ? AND lat BETWEEN ? AND ? "
+            "ORDER BY sample_id LIMIT ?", [min_lon, max_lon, min_lat, max_lat, limit + 1])
+        names = [d[0] for d in cursor.description]
+        rows = [_clean(dict(zip(names, found))) for found in cursor.fetchall()]
+        if len(rows) > limit:
+            return []
+        return [([tuple(p) for p in json.loads(row["footprint"])["coordinates"][0]], self._map_pixels(model, row))
+                for row in rows]
+
     # ---- internals -------------------------------------------------------------------------------------------
+
+    def _map_pixels(self, model: LoadedModel, row: dict[str, Any]) -> np.ndarray:
+        """uint8 [H, W, 3] of a catalogue row for the map (cached by sample id)."""
+        with self._lock:
+            cached = self._map_cache.get(row["sample_id"])
+        if cached is not None:
+            return cached
+        thumbnail = self.thumbnail(model.key, row)
+        pixels = (np.asarray(Image.open(thumbnail).convert("RGB")) if isinstance(thumbnail, str)
+                  else thumbnail[..., :3])
+        with self._lock:
+            if len(self._map_cache) >= MAP_CACHE:
+                self._map_cache.clear()
+            self._map_cache[row["sample_id"]] = pixels
+        return pixels
 
     @property
     def _first(self) -> LoadedModel:

@@ -1,8 +1,10 @@
 """The gradio UI over :class:`retrieval_app.service.RetrievalService` (the only module that imports gradio).
 
-``create_demo(service)`` builds the Blocks; nothing is loaded or launched at import. Each action has a named API
+``create_demo(services)`` builds the Blocks over one service per archive (an "Archive" selector when there are
+several); nothing is loaded or launched at import. Each action has a named API
 endpoint usable with ``gradio_client``: ``/query`` (everything the page shows), ``/classify`` (JSON),
-``/explain`` (heat maps), ``/export`` (CSV + GeoJSON files) and ``/examples`` (catalogue examples). Errors the
+``/explain`` (heat maps), ``/export`` (CSV + GeoJSON files) and ``/examples`` (catalogue examples); each takes
+the archive's name last (default: the first archive). Errors the
 user can fix are shown as messages (``gr.Error``), never stack traces; anything unexpected is logged with its
 traceback on the server and reported as an internal error, and the server keeps serving.
 """
@@ -25,7 +27,7 @@ from training.data import UnreadableImageError
 from .export import write_csv, write_geojson
 from .filters import FilterError, parse_filters
 from .images import ImageFiles
-from .plots import scatter_map
+from .plots import results_map
 from .service import QueryError, QueryResult, RetrievalService
 from .upload import LARGE_MODES, MAX_UPLOAD_BYTES, UploadError
 
@@ -44,10 +46,19 @@ SCORE_NOTE = ("Scores are the cosine similarity of the two images' embeddings (c
               "1 = the same direction, 0 = unrelated; only their order within one model is meaningful.")
 
 
-def launch_options(service: RetrievalService) -> dict[str, Any]:
+Services = RetrievalService | dict[str, RetrievalService]
+
+
+def _by_name(services: Services) -> dict[str, RetrievalService]:
+    """``{archive name: service}`` (a single service is named "archive")."""
+    return dict(services) if isinstance(services, dict) else {"archive": services}
+
+
+def launch_options(services: Services) -> dict[str, Any]:
     """Keyword arguments of ``Blocks.launch`` that keep the app safe and offline: only the archives are served,
     uploads are size-limited, system fonts (no font CDN), no server-side rendering, no API-less sharing."""
-    return {"allowed_paths": service.allowed_paths(), "max_file_size": MAX_UPLOAD_BYTES, "ssr_mode": False,
+    allowed = sorted({path for service in _by_name(services).values() for path in service.allowed_paths()})
+    return {"allowed_paths": allowed, "max_file_size": MAX_UPLOAD_BYTES, "ssr_mode": False,
             "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                        font_mono=["ui-monospace", "monospace"]),
             "css": CSS, "footer_links": ["api"]}
@@ -76,36 +87,54 @@ def _caption(hit: dict[str, Any]) -> str:
     """Label first (what a user scans for), then split, rank and score; ★ = also found by the other model."""
     flags = (" ★" if hit["also_in"] else "") + (" (the query itself)" if hit["is_query"] else "")
     where = f" · {hit['lat']:.4f}, {hit['lon']:.4f}" if hit.get("lat") is not None else ""
-    return (f"{hit.get('label') or '?'} · {hit.get('split') or '-'}{flags} · #{hit['rank']} "
+    return (f"{hit.get('label') or 'unlabelled'} · {hit.get('split') or '-'}{flags} · #{hit['rank']} "
             f"{hit['score']:.3f}{where}")
 
 
-def _placeholder(text: str, width: int = 640, height: int = 120) -> np.ndarray:
+def _placeholder(*lines: str, width: int = 640, height: int = 120) -> np.ndarray:
     im = Image.new("RGB", (width, height), (245, 245, 245))
-    ImageDraw.Draw(im).text((20, height // 2 - 12), text, fill=(70, 70, 70), font=ImageFont.load_default(size=20))
+    draw, font = ImageDraw.Draw(im), ImageFont.load_default(size=20)
+    for n, line in enumerate(lines):
+        draw.text((20, height // 2 - 14 * len(lines) + 28 * n), line, fill=(70, 70, 70), font=font)
     return np.asarray(im)
 
 
-def create_demo(service: RetrievalService, export_dir: str | Path | None = None) -> gr.Blocks:
-    """The app: upload or pick a tile; per model side by side, neighbours, classes and match heat maps."""
-    keys = list(service.models)
-    labels, splits = service.catalogue_values("label"), service.catalogue_values("split")
-    examples = service.examples()
+def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.Blocks:
+    """The app: pick an archive, upload or pick a tile; per model side by side, neighbours, classes, match heat
+    maps and a map of the results. ``services``: one :class:`RetrievalService` or ``{archive name: service}``
+    (the same models in each)."""
+    services = _by_name(services)
+    names = list(services)
+    keys = list(services[names[0]].models)
+    display = {key: model.display for key, model in services[names[0]].models.items()}
+    labels = {name: s.catalogue_values("label") for name, s in services.items()}
+    splits = {name: s.catalogue_values("split") for name, s in services.items()}
+    examples = {name: s.examples() for name, s in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
     images = ImageFiles(export_root / "images")
 
-    def _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large) -> QueryResult:
+    def _service(archive: str | None) -> RetrievalService:
+        if not archive:
+            return services[names[0]]
+        if archive not in services:
+            raise QueryError(f"unknown archive {archive!r}: choose one of {', '.join(map(repr, names))}.")
+        return services[archive]
+
+    def _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive
+               ) -> QueryResult:
         filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
         image, example = (upload, None) if upload else (None, example or None)
-        return service.query(image, int(k or 10), filters, example=example, large=large or LARGE_MODES[0])
+        return _service(archive).query(image, int(k or 10), filters, example=example,
+                                       large=large or LARGE_MODES[0])
 
     def _exports(result: QueryResult) -> tuple[str, str]:
         folder = Path(tempfile.mkdtemp(dir=export_root))
         return str(write_csv(result, folder / "results.csv")), str(write_geojson(result, folder / "results.geojson"))
 
     @_guarded
-    def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large):
-        result = _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large)
+    def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+        service = _service(archive)
+        result = _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
         notes = [result.query.note] if result.query.note else []
         notes += [f"{r.display}: {r.note}" for r in result.models.values() if r.note]
         if not result.filters.empty:
@@ -121,9 +150,9 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
             outputs += [r.probabilities or {}, r.knn or {},
                         [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
             state[key] = [h["sample_id"] for h in r.hits]
-        located = scatter_map(result)
-        outputs.append(images.path(located if located is not None else
-                                   _placeholder("No locations known for these results (EuroSAT JPEGs carry none).")))
+        located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
+        outputs.append(images.path(located if located is not None else _placeholder(
+            "No locations: this archive's images carry no coordinates.", "Choose a located archive to see a map.")))
         outputs += list(_exports(result))
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
@@ -133,20 +162,22 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         return thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
 
     @_guarded
-    def preview_upload(upload, large):
+    def preview_upload(upload, large, archive):
         """The uploaded tile as the models will see it, shown as soon as it is uploaded."""
         if not upload:
             return None
-        return images.path(_preview(service.decode(upload, large=large or LARGE_MODES[0]).display))
+        return images.path(_preview(_service(archive).decode(upload, large=large or LARGE_MODES[0]).display))
 
     @_guarded
-    def run_export(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large):
-        return list(_exports(_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large)))
+    def run_export(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+        return list(_exports(_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large,
+                                    archive)))
 
     @_guarded
-    def run_explain(upload, example, model, result_id, large):
+    def run_explain(upload, example, model, result_id, large, archive):
         if not result_id:
             raise QueryError("Choose a result to explain (run a query, then click a gallery image).")
+        service = _service(archive)
         image, example = (upload, None) if upload else (None, example or None)
         out = service.explain(model, result_id, image, example=example, large=large or LARGE_MODES[0])
         text = (f"**{service.models[model].display}**, result `{result_id}` (embedding cosine {out['score']:.3f}). "
@@ -159,6 +190,12 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         ids = (state or {}).get(model, [])
         return gr.Dropdown(choices=ids, value=ids[0] if ids else None)
 
+    def on_archive(archive):
+        """Another archive: its examples and filter values; the previous results' ids no longer apply."""
+        name = archive if archive in services else names[0]
+        return (gr.Dropdown(choices=examples[name], value=None), gr.Dropdown(choices=labels[name], value=[]),
+                gr.CheckboxGroup(choices=splits[name], value=[]), {}, gr.Dropdown(choices=[], value=None))
+
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
                     "Upload a satellite tile (JPEG, PNG or GeoTIFF) or pick an example from the archive; each model "
@@ -167,15 +204,17 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         state = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
+                archive = gr.Dropdown(names, value=names[0], label="Archive to search", elem_id="archive",
+                                      visible=len(names) > 1)
                 upload = gr.File(label="Query tile (JPEG, PNG, GeoTIFF; also single-frame GIF, WebP, BMP)",
                                  file_types=FILE_TYPES, type="filepath", elem_id="upload")
-                example = gr.Dropdown(choices=examples, value=None, label="…or an example from the archive",
+                example = gr.Dropdown(choices=examples[names[0]], value=None, label="…or an example from the archive",
                                       elem_id="example", allow_custom_value=True)
                 k = gr.Slider(1, MAX_GALLERY, value=10, step=1, label="k (neighbours per model)")
                 large = gr.Radio(list(LARGE_MODES), value=LARGE_MODES[0], label="GeoTIFF larger than a chip")
                 with gr.Accordion("Filters", open=False):
-                    label_filter = gr.Dropdown(choices=labels, multiselect=True, label="Labels")
-                    split_filter = gr.CheckboxGroup(choices=splits, label="Splits")
+                    label_filter = gr.Dropdown(choices=labels[names[0]], multiselect=True, label="Labels")
+                    split_filter = gr.CheckboxGroup(choices=splits[names[0]], label="Splits")
                     with gr.Row():
                         date_from = gr.Textbox(label="Date from", placeholder="YYYY-MM-DD")
                         date_to = gr.Textbox(label="Date to", placeholder="YYYY-MM-DD")
@@ -189,16 +228,16 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         with gr.Row(equal_height=True):
             for key in keys:
                 with gr.Column(elem_id=f"model-{key}"):
-                    gr.Markdown(f"## {service.models[key].display}: most similar scenes")
+                    gr.Markdown(f"## {display[key]}: most similar scenes")
                     galleries.append(gr.Gallery(show_label=False, columns=5, height="auto", object_fit="cover",
                                                 elem_id=f"gallery-{key}", allow_preview=False))
         class_labels: list[gr.components.Component] = []
         with gr.Row(equal_height=True):
             for key in keys:
                 with gr.Column():
-                    class_labels.append(gr.Label(label=f"{service.models[key].display}: linear probe",
+                    class_labels.append(gr.Label(label=f"{display[key]}: linear probe",
                                                  num_top_classes=5))
-                    class_labels.append(gr.Label(label=f"{service.models[key].display}: kNN vote of the neighbours",
+                    class_labels.append(gr.Label(label=f"{display[key]}: kNN vote of the neighbours",
                                                  num_top_classes=5))
         with gr.Row():
             with gr.Column():
@@ -215,20 +254,22 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
                 explain_text = gr.Markdown()
             with gr.Column():
                 gr.Markdown("### Map of the results (offline)")
-                result_map = gr.Image(label="Locations", interactive=False)
+                result_map = gr.Image(label="Locations", interactive=False, elem_id="result-map")
                 with gr.Row():
                     csv_file = gr.File(label="CSV", interactive=False)
                     geojson_file = gr.File(label="GeoJSON", interactive=False)
 
-        inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large]
-        explain_inputs = [upload, example, explain_model, explain_id, large]
+        inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive]
+        explain_inputs = [upload, example, explain_model, explain_id, large, archive]
         explain_outputs = [heat_query, heat_result, explain_text]
         # After each query the first result of the first model is explained right away.
         per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
         search.click(run_query, inputs, [status, query_view, *per_model, result_map, csv_file, geojson_file, state,
                                          explain_model, explain_id], api_name="query") \
             .success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
-        upload.upload(preview_upload, [upload, large], [query_view], api_visibility="private")
+        upload.upload(preview_upload, [upload, large, archive], [query_view], api_visibility="private")
+        archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id],
+                       api_visibility="private")
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
         for key, gallery in zip(keys, galleries):
@@ -238,17 +279,18 @@ def create_demo(service: RetrievalService, export_dir: str | Path | None = None)
         export_button.click(run_export, inputs, [csv_file, geojson_file], api_name="export")
 
         @_guarded
-        def classify(upload, example, large):
+        def classify(upload, example, large, archive):
             image, example = (upload, None) if upload else (None, example or None)
-            return service.classify(image, example=example, large=large or LARGE_MODES[0])
+            return _service(archive).classify(image, example=example, large=large or LARGE_MODES[0])
 
-        def list_examples() -> list[list[str]]:
-            """``[caption, sample_id]`` of catalogue images to use as ``example``."""
-            return [list(e) for e in examples]
+        def list_examples(archive: str = names[0]) -> list[list[str]]:
+            """``[caption, sample_id]`` of catalogue images of ``archive`` to use as ``example``."""
+            _service(archive)
+            return [list(e) for e in examples[archive]]
 
         hidden = gr.Button("classify", visible=False)
         classes_json = gr.JSON(visible=False)
-        hidden.click(classify, [upload, example, large], classes_json, api_name="classify",
+        hidden.click(classify, [upload, example, large, archive], classes_json, api_name="classify",
                      api_description="Per model: linear-probe probabilities, kNN vote (k = 20), predicted classes.")
         gr.api(list_examples, api_name="examples")
     return demo

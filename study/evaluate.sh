@@ -17,7 +17,7 @@ case ${1:?select or report} in
         ;;
     report)
         python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
-        python -m indexing evaluate --model ijepa mae --archive "$aid" --no-heads \
+        python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
         ;;
 esac

@@ -1,10 +1,12 @@
 """End to end in a real browser: Playwright drives Debian's chromium (headless, no network) against the app on
-a free localhost port: upload a tile, wait for both models' results, check them, open a match heat map and save
-a screenshot (to the test's tmp dir, and to $SATJEPA_APP_SCREENSHOT when set, e.g. docs/app.png)."""
+a free localhost port: upload a tile, wait for both models' results, check them, open a match heat map; then
+switch to the located archive (assets/located), search with a NAIP chip and wait for the map; save a screenshot
+(to the test's tmp dir, and to $SATJEPA_APP_SCREENSHOT when set)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -18,6 +20,8 @@ if not CHROMIUM.exists():
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright package")
 
+from indexing.build import build  # noqa: E402
+from indexing.paths import LOCATED_ARCHIVE  # noqa: E402
 from retrieval_app.service import RetrievalService  # noqa: E402
 from retrieval_app.testing import tiny_setup  # noqa: E402
 from retrieval_app.ui import create_demo, launch_options  # noqa: E402
@@ -25,22 +29,28 @@ from retrieval_app.ui import create_demo, launch_options  # noqa: E402
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 K = 6
+LOCATED = "Located: NAIP + Landsat chips"
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     setup = tiny_setup(tmp_path_factory.getbasetemp())
-    service = RetrievalService.open(setup.models, setup.index_dir)
-    demo = create_demo(service)
+    located_index = tmp_path_factory.mktemp("located-index")
+    for model in setup.models:
+        build(model, LOCATED_ARCHIVE, located_index)
+    services = {"Tiny EuroSAT-like": RetrievalService.open(setup.models, setup.index_dir),
+                LOCATED: RetrievalService.open(setup.models, located_index)}
+    demo = create_demo(services)
     demo.queue(default_concurrency_limit=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_options(service))
+                            **launch_options(services))
     yield url, setup
     demo.close()
-    service.close()
+    for service in services.values():
+        service.close()
 
 
 @pytest.mark.slow
@@ -81,6 +91,21 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             assert "embedding cosine" in page.content()
             page.locator("#gallery-mae img").nth(1).click()  # "why this match" for the second MAE result
             page.get_by_text("MAE, result 2750/").first.wait_for()  # the explanation switched to MAE
+            natural = "img => [img.naturalWidth, img.naturalHeight]"
+            assert page.locator("#result-map img").evaluate(natural) == [640, 120]  # JPEGs: "no locations"
+
+            # The located archive: a NAIP chip's neighbours on a map of real places.
+            page.locator("#archive input").click()
+            page.get_by_role("option", name=LOCATED).click()
+            chip = next(LOCATED_ARCHIVE.glob("naip-2020_*.tif"))
+            page.locator("#upload").get_by_label("Clear").click()  # the previous tile's upload
+            page.locator("#upload input[type=file]").set_input_files(str(chip))
+            page.locator("#search").click()
+            captions = page.locator("#gallery-ijepa .caption-label", has_text="unlabelled")  # the new results
+            captions.nth(K - 1).wait_for()
+            assert all(re.search(r" · (47\.0|2[345]\.)\d+, -(99|7[6-9])\.", c) for c in captions.all_inner_texts())
+            page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
+            assert page.locator("#result-map img").evaluate(natural) == [640, 420]  # the map is drawn
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

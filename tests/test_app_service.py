@@ -20,7 +20,7 @@ from indexing.build import build
 from retrieval_app.export import result_rows, to_geojson, write_csv
 from retrieval_app.filters import FilterError, parse_filters
 from retrieval_app.heatmap import explain_pair, token_similarity
-from retrieval_app.plots import scatter_map
+from retrieval_app.plots import results_map
 from retrieval_app.service import QueryError, RetrievalService
 from retrieval_app.testing import tiny_setup, write_geotiff_archive
 from retrieval_app.upload import CHIP_SIZE, UploadError, decode_query
@@ -241,7 +241,7 @@ def test_exports_csv_and_geojson(service, setup, tmp_path):
     collection = json.loads(json.dumps(to_geojson(result), default=str))
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 6
     assert all(f["geometry"] is None for f in collection["features"])  # no locations in this archive
-    assert scatter_map(result) is None
+    assert results_map(result) is None
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +261,10 @@ def test_geotiff_archive_locations_map_bbox_and_chip_explain(geo_service, tmp_pa
     assert f"{CHIP_SIZE} px chip" in result.query.note and result.query.location is not None
     hits = result.models["ijepa"].hits
     assert len(hits) == 8 and all(h["lat"] is not None and h["lon"] is not None for h in hits)
-    image = scatter_map(result)
-    assert image is not None and image.shape == (400, 640, 3)
+    image = results_map(result, lambda extent: svc.map_chips(extent.bounds()))
+    assert image is not None and image.shape == (420, 640, 3)
     features = to_geojson(result)["features"]
-    assert all(f["geometry"]["type"] == "Point" for f in features)
+    assert all(f["geometry"]["type"] == "Polygon" and f["properties"]["centre"] for f in features)
     west = min(h["lon"] for h in hits)
     box = parse_filters(bbox=[west - 0.01, 0, west + 0.02, 89])  # only scene_0 (scene_1 is 5 km east)
     inside = svc.query(archive / "scene_0.tif", k=8, filters=box).models["ijepa"].hits

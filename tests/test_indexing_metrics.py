@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_
     features = np.load(tmp_path / "ix" / model.name / "features-test.npz")
     accuracy = (predict(head, features["x"]) == features["y"]).mean()
     assert accuracy == pytest.approx(numbers["rows"][model.name]["linear"])
+
+
+def test_evaluating_transfer_leaves_the_models_head_alone(tmp_path_factory, tmp_path):
+    model = tmp_path / "trained-elsewhere"
+    shutil.copytree(cached_tiny_model(tmp_path_factory.getbasetemp()), model)
+    (model / "linear_head.npz").unlink(missing_ok=True)
+    card = json.loads((model / "model_card.json").read_text())
+    (model / "model_card.json").write_text(json.dumps({**card, "training_data": str(tmp_path / "other-archive")}))
+    archive = write_archive(tmp_path / "arch", per_class=8)
+    assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
+                 "--no-baselines"]) == 0
+    assert not (model / "linear_head.npz").exists()  # the classes of this archive are not the model's
 
 
 @pytest.mark.skipif(not (EUROSAT / "splits.csv").is_file(), reason=f"EuroSAT not found at {EUROSAT}")

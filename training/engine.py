@@ -98,6 +98,8 @@ class Trainer:
         self.monitor = None
         if config.monitor.every > 0 and self.dist.main:
             self.monitor = KnnMonitor.from_archive(data_root, config, self.mean, self.std, self.show_progress)
+        if self.monitor is not None:
+            self.monitor.precision = self.learner.precision
 
     def total_steps(self, max_steps: int | None) -> int:
         total = self.config.epochs * self.steps_per_epoch

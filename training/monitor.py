@@ -15,6 +15,7 @@ from training.config import TrainConfig
 from training.data import open_archive
 from training.feed import preload
 from training.knn import knn_accuracy
+from training.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,10 @@ def _subset(dataset, n: int, seed: int):
 
 
 class KnnMonitor:
-    """Holds a fixed labelled subset of two splits in memory; `evaluate(encoder)` returns kNN accuracy."""
+    """Holds a fixed labelled subset of two splits in memory; `evaluate(encoder)` returns kNN accuracy.
+    `precision`: "bf16" embeds under autocast (set by the trainer to its training precision), else fp32."""
+
+    precision = "fp32"
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, config: TrainConfig, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -70,7 +74,8 @@ class KnnMonitor:
         out = []
         for start in range(0, len(images), batch_size):
             x = eval_transform(images[start:start + batch_size], self.config.model.img_size, self.mean, self.std)
-            out.append(encoder(x.to(device)).float().cpu())
+            with autocast(self.precision, device):  # as in training: bf16 where native (2.3x on this CPU)
+                out.append(encoder(x.to(device)).float().cpu())
         encoder.train(was_training)
         return torch.cat(out)
 

@@ -5,7 +5,8 @@ pixel. A partial chip at the right or bottom edge is DROPPED (no padded pixels e
 W x H raster gives ``(H // chip_size) * (W // chip_size)`` chips and a raster smaller than one chip gives none
 (a warning says so). Chip ids are ``<file relative to root>#r<row>c<col>`` with row/col counted in chips.
 Values are scaled and nodata is zeroed as described in :mod:`training.data.raster`; lat/lon is the chip centre
-reprojected to EPSG:4326; gsd is the pixel size in metres for projected CRSs (None for geographic ones).
+and footprint its outline (a GeoJSON Polygon), both reprojected to EPSG:4326; gsd is the pixel size in metres
+for projected CRSs (None for geographic ones).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from .base import RASTER_SUFFIXES, UnreadableImageError, check_bands, resize_image, sample_id
-from .raster import RasterCache, centre_latlon, ground_sample_distance, nodata_fraction, open_raster, read_window
+from .raster import (RasterCache, centre_latlon, footprint_geojson, ground_sample_distance, nodata_fraction,
+                     open_raster, read_window)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ class GeoTiffChips(Dataset):
             "lon": lon,
             "timestamp": None,
             "gsd": ground_sample_distance(src),
+            "footprint": footprint_geojson(src, self._window(row, col)),
             "nodata_fraction": None,
         }
 

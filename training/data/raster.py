@@ -13,6 +13,7 @@ Nodata pixels (the band's nodata value, NaN, or GDAL's per-dataset / alpha mask)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,20 @@ def centre_latlon(src: Any, col: float, row: float) -> tuple[float | None, float
     x, y = t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
     lons, lats = rasterio.warp.transform(src.crs, "EPSG:4326", [x], [y])
     return float(lats[0]), float(lons[0])
+
+
+def footprint_geojson(src: Any, window: Window) -> str | None:
+    """The outline of ``window`` as a GeoJSON Polygon string in EPSG:4326 (its four corners, closed); None
+    without a CRS."""
+    if src.crs is None:
+        return None
+    corners = [(window.col_off, window.row_off), (window.col_off + window.width, window.row_off),
+               (window.col_off + window.width, window.row_off + window.height),
+               (window.col_off, window.row_off + window.height)]
+    xs, ys = zip(*(src.transform @ corner for corner in corners))
+    lons, lats = rasterio.warp.transform(src.crs, "EPSG:4326", list(xs), list(ys))
+    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats)]
+    return json.dumps({"type": "Polygon", "coordinates": [ring + ring[:1]]})
 
 
 def ground_sample_distance(src: Any) -> float | None:
