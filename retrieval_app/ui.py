@@ -84,11 +84,12 @@ def _guarded(fn: Callable) -> Callable:
 
 
 def _caption(hit: dict[str, Any]) -> str:
-    """Label first (what a user scans for), then split, rank and score; ★ = also found by the other model."""
+    """Label first (what a user scans for), then split, rank and score; ★ = also found by the other model; the
+    centre's lat, lon where known. An unlabelled archive's captions start at the rank."""
     flags = (" ★" if hit["also_in"] else "") + (" (the query itself)" if hit["is_query"] else "")
     where = f" · {hit['lat']:.4f}, {hit['lon']:.4f}" if hit.get("lat") is not None else ""
-    return (f"{hit.get('label') or 'unlabelled'} · {hit.get('split') or '-'}{flags} · #{hit['rank']} "
-            f"{hit['score']:.3f}{where}")
+    what = " · ".join(str(v) for v in (hit.get("label"), hit.get("split")) if v)
+    return f"{what}{flags} · " * bool(what) + f"#{hit['rank']} {hit['score']:.3f}" + ("" if what else flags) + where
 
 
 def _placeholder(*lines: str, width: int = 640, height: int = 120) -> np.ndarray:
@@ -254,7 +255,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 explain_text = gr.Markdown()
             with gr.Column():
                 gr.Markdown("### Map of the results (offline)")
-                result_map = gr.Image(label="Locations", interactive=False, elem_id="result-map")
+                result_map = gr.Image(label="Locations", show_label=False, interactive=False, elem_id="result-map")
                 with gr.Row():
                     csv_file = gr.File(label="CSV", interactive=False)
                     geojson_file = gr.File(label="GeoJSON", interactive=False)

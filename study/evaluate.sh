@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
 #   bash study/evaluate.sh select      # exports the variants, prints the val table (test never read)
-#   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT test, and both directions of transfer
+#   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT and AID test, and both directions of
+#                                      # transfer (a model's linear head is only written on its own training data)
 set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
@@ -16,8 +17,12 @@ case ${1:?select or report} in
             --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
         ;;
     report)
-        python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
+        # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
+        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$aid" --json study/results-aid.json
+        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" \
+            --json study/results-aid-models-on-eurosat.json
         python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
+        python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
         ;;
 esac

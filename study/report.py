@@ -3,7 +3,7 @@
     python study/report.py [--runs runs/final] [--features index] [--archive ../shared/data/eurosat-rgb]
 
 * `study/figures/compute_curve.png`: online kNN accuracy on the val subset against training core-minutes and
-  against images seen, one line per final run, from `runs/final/<name>/metrics.jsonl` (written by
+  against images seen, one line per final run, one row per dataset (EuroSAT, AID), from `runs/final/<name>/metrics.jsonl` (written by
   `study/pretrain.sh`), first copied to `study/final/<name>.jsonl` so that the figure can be redrawn from the
   repository alone.
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
@@ -51,24 +51,26 @@ def collect_final(runs: Path) -> list[Path]:
 
 def plot_compute_curve() -> Path:
     """Val kNN of the exported encoder (I-JEPA: target encoder; dashed: context encoder) against core-minutes
-    of training steps and against images seen."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for path in sorted(FINAL.glob("*.jsonl")):
-        _, knn = read_metrics(path)
-        knn = [r for r in knn if "train_seconds" in r]
-        if not knn:
-            continue
-        minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
-        seen = [r["images_seen"] / 1e3 for r in knn]
-        for axis, x in zip(axes, (minutes, seen)):
-            line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=path.stem)
-            if "knn_context" in knn[0]:
-                axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
-                          label=f"{path.stem} (context encoder)")
-    axes[0].set(xlabel="core-minutes of training steps", ylabel="kNN20 accuracy on the val subset (%)",
-                title="compute curve (EuroSAT, CPU)")
-    axes[1].set(xlabel="thousands of images seen", title="the same against images seen")
-    axes[1].legend(fontsize=7)
+    of training steps and against images seen; one row per dataset (runs named ``*-aid`` trained on AID)."""
+    datasets = {"EuroSAT": lambda stem: not stem.endswith("-aid"), "AID": lambda stem: stem.endswith("-aid")}
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
+    for row, (dataset, belongs) in zip(axes, datasets.items()):
+        for path in sorted(FINAL.glob("*.jsonl")):
+            _, knn = read_metrics(path)
+            knn = [r for r in knn if "train_seconds" in r]
+            if not knn or not belongs(path.stem):
+                continue
+            minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
+            seen = [r["images_seen"] / 1e3 for r in knn]
+            for axis, x in zip(row, (minutes, seen)):
+                line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=path.stem)
+                if "knn_context" in knn[0]:
+                    axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
+                              label=f"{path.stem} (context encoder)")
+        row[0].set(xlabel="core-minutes of training steps", ylabel="kNN20 accuracy on the val subset (%)",
+                   title=f"compute curve ({dataset}, CPU)")
+        row[1].set(xlabel="thousands of images seen", title=f"{dataset}: the same against images seen")
+        row[1].legend(fontsize=7)
     fig.tight_layout()
     path = FIGURES / "compute_curve.png"
     fig.savefig(path, dpi=110)
