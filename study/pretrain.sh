@@ -16,7 +16,7 @@ case $dataset in
     eurosat) data=${DATA:-../shared/data/eurosat-rgb}; config=study_final; suffix=""
              ijepa_epochs=16; mae_epochs=32; ijepa_monitor=1; mae_monitor=1 ;;
     aid) data=${DATA:-../shared/data/aid}; config=study_final_aid; suffix="-aid"
-         ijepa_epochs=24; mae_epochs=44; ijepa_monitor=4; mae_monitor=8 ;;
+         ijepa_epochs=22; mae_epochs=44; ijepa_monitor=4; mae_monitor=8 ;;
     *) echo "unknown dataset $dataset: eurosat or aid" >&2; exit 2 ;;
 esac
 runs=${RUNS:-runs/final}
