@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
 #   bash study/evaluate.sh select      # exports the variants, prints the val table (test never read)
+#   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = I-JEPA whitened)
 #   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT and AID test, and both directions of
 #                                      # transfer (a model's linear head is only written on its own training data)
 set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
-case ${1:?select or report} in
+case ${1:?select, ship or report} in
     select)
         for name in ijepa mae; do
             [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --out "exported/$name-whiten" --whiten
@@ -16,6 +17,13 @@ case ${1:?select or report} in
         python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
             --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
         ;;
+    ship)
+        # The exports chosen on val into the model registry (assets/models/<name>); `report` then fits their heads.
+        for pair in ijepa-whiten:ijepa mae:mae ijepa-aid:ijepa-aid mae-aid:mae-aid; do
+            mkdir -p "assets/models/${pair#*:}"
+            cp "exported/${pair%%:*}/encoder.onnx" "exported/${pair%%:*}/model_card.json" "assets/models/${pair#*:}/"
+        done
+        ;;
     report)
         # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
         python -m indexing evaluate --model ijepa-aid mae-aid --archive "$aid" --json study/results-aid.json
@@ -23,6 +31,9 @@ case ${1:?select or report} in
             --json study/results-aid-models-on-eurosat.json
         python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
+        # The shipped I-JEPA is whitened (chosen on val); its paper embedding (the plain export) keeps its own row.
+        python -m indexing evaluate --model "exported/ijepa" --archive "$eurosat" --no-baselines \
+            --json study/results-eurosat-ijepa-paper-embedding.json
         python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
         ;;
 esac

@@ -9,7 +9,8 @@
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
   embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<split>.npz`), with the same
-  centring and cosine as the evaluation. It also prints the variance spectrum of the train embeddings.
+  centring and cosine as the evaluation. It also prints the variance spectrum of the train embeddings, the
+  final runs' table (from `study/final/*.jsonl`) and the tables of every `study/results-*.json`.
 """
 
 from __future__ import annotations
@@ -169,6 +170,38 @@ def variance_spectrum(features: Path, models: list[str]) -> list[str]:
     return lines
 
 
+def final_runs_table() -> list[str]:
+    """Markdown rows of the final runs (study/final/*.jsonl): epochs, images, core-minutes, val kNN at the end
+    and at its best epoch, spectrum and weight correlation at the end."""
+    lines = ["| run | epochs | images seen | core-minutes of training steps | val kNN at the end (best, epoch) | "
+             "context encoder | eff. rank | top share | weight corr. with init |", "|---" * 9 + "|"]
+    for path in sorted(FINAL.glob("*.jsonl")):
+        _, knn = read_metrics(path)
+        knn = [r for r in knn if "train_seconds" in r]
+        if not knn:
+            continue
+        last, best = knn[-1], max(knn, key=lambda r: r["knn_accuracy"])
+        context = f"{100 * last['knn_context']:.1f}" if "knn_context" in last else "—"
+        lines.append(f"| {path.stem} | {last['epoch']:g} | {last['images_seen']:,} | "
+                     f"{last['train_seconds'] * last['threads'] / 60:.1f} | {100 * last['knn_accuracy']:.1f} "
+                     f"({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | {context} | "
+                     f"{last['effective_rank']:.1f} | {last['top_share']:.2f} | {last['init_correlation']:.2f} |")
+    return lines
+
+
+def results_tables() -> list[str]:
+    """Markdown tables of every ``study/results-*.json`` (written by ``bash study/evaluate.sh report``)."""
+    columns = ("linear", "kNN20", "mAP@10", "mAP@100", "P@10")
+    lines = []
+    for path in sorted((REPO / "study").glob("results-*.json")):
+        numbers = json.loads(path.read_text())
+        lines += [f"\n{path.name}: {numbers['archive']}, queries = {numbers['queries']}",
+                  "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |"
+                  for name, row in numbers["rows"].items()]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs" / "final"))
@@ -182,6 +215,8 @@ def main() -> None:
     print(plot_queries(Path(args.features), Path(args.archive), args.models))
     print(plot_embedding_map(Path(args.features), args.models))
     print("\n".join(variance_spectrum(Path(args.features), args.models)))
+    print("\n".join(final_runs_table()))
+    print("\n".join(results_tables()))
 
 
 if __name__ == "__main__":
