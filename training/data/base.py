@@ -27,6 +27,7 @@ SAMPLE_KEYS = (
     "lon",
     "timestamp",
     "gsd",
+    "footprint",  # GeoJSON Polygon string (EPSG:4326) of the sample's outline, or None
     "nodata_fraction",
 )
 

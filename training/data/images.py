@@ -24,7 +24,7 @@ from .rgb import Box, image_size_of, read_rgb
 logger = logging.getLogger(__name__)
 
 #: Per-sample location / time metadata, as stored in the sample dict.
-GEO_KEYS = ("lat", "lon", "timestamp", "gsd")
+GEO_KEYS = ("lat", "lon", "timestamp", "gsd", "footprint")
 
 
 @dataclass(frozen=True)
