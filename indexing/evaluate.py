@@ -41,8 +41,9 @@ HISTOGRAM_BINS = 32
 def split_features(archive: Path, split: str, cache: Path, embed: Any, key: dict[str, Any], image_size: int,
                    bands: list[int] | None, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(features [N, D], labels [N], classes)`` of one split, computed by ``embed(images [B, C, S, S])`` or
-    read from ``cache/features-<split>.npz`` when its key (model identity, archive, split) matches."""
-    path = cache / f"features-{split}.npz"
+    read from ``cache/features-<archive folder name>-<split>.npz`` when its key (model identity, archive, split)
+    matches (one file per archive: evaluating a model on two archives does not recompute either)."""
+    path = cache / f"features-{Path(archive).name}-{split}.npz"
     key = {**key, "archive": str(archive), "split": split}
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:

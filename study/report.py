@@ -8,7 +8,7 @@
   repository alone.
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
-  embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<split>.npz`), with the same
+  embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<archive>-<split>.npz`), with the same
   centring and cosine as the evaluation. It also prints the variance spectrum of the train embeddings, the
   final runs' table (from `study/final/*.jsonl`) and the tables of every `study/results-*.json`.
 """
@@ -79,8 +79,8 @@ def plot_compute_curve() -> Path:
     return path
 
 
-def load_features(features: Path, model: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    with np.load(features / model / f"features-{split}.npz", allow_pickle=False) as data:
+def load_features(features: Path, archive: Path, model: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with np.load(features / model / f"features-{archive.name}-{split}.npz", allow_pickle=False) as data:
         return data["x"], data["y"], [str(c) for c in data["classes"]]
 
 
@@ -94,13 +94,13 @@ def _split_paths(archive: Path, split: str) -> list[Path]:
 def plot_queries(features: Path, archive: Path, models: list[str], queries_per_class: int = 1, top: int = 5) -> Path:
     train_paths, test_paths = _split_paths(archive, "train"), _split_paths(archive, "test")
     rng = np.random.default_rng(0)
-    _, y_test, classes = load_features(features, models[0], "test")
+    _, y_test, classes = load_features(features, archive, models[0], "test")
     picks = [int(rng.choice(np.flatnonzero(y_test == c))) for c in range(len(classes))
              for _ in range(queries_per_class)][::2]  # every other class keeps the grid readable
     neighbours = {}
     for model in models:
-        x_train, y_train, _ = load_features(features, model, "train")
-        x_test, _, _ = load_features(features, model, "test")
+        x_train, y_train, _ = load_features(features, archive, model, "train")
+        x_test, _, _ = load_features(features, archive, model, "test")
         assert len(x_train) == len(train_paths) and len(x_test) == len(test_paths), "cache does not match archive"
         mean = x_train.mean(0, keepdims=True)
         train = x_train - mean
@@ -131,13 +131,13 @@ def plot_queries(features: Path, archive: Path, models: list[str], queries_per_c
     return path
 
 
-def plot_embedding_map(features: Path, models: list[str], points: int = 2000) -> Path:
+def plot_embedding_map(features: Path, archive: Path, models: list[str], points: int = 2000) -> Path:
     from sklearn.manifold import TSNE
 
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5.5))
     for ax, model in zip(np.atleast_1d(axes), models):
-        x_train, _, _ = load_features(features, model, "train")
-        x, y, classes = load_features(features, model, "test")
+        x_train, _, _ = load_features(features, archive, model, "train")
+        x, y, classes = load_features(features, archive, model, "test")
         pick = np.random.default_rng(0).permutation(len(x))[:points]
         x = x[pick] - x_train.mean(0, keepdims=True)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -153,7 +153,7 @@ def plot_embedding_map(features: Path, models: list[str], points: int = 2000) ->
     return path
 
 
-def variance_spectrum(features: Path, models: list[str]) -> list[str]:
+def variance_spectrum(features: Path, archive: Path, models: list[str]) -> list[str]:
     """Share of the variance of the (centred) train embeddings in their top principal directions, and the
     effective rank exp(entropy of the normalised spectrum): low values mean dimensional collapse."""
     import torch
@@ -162,7 +162,7 @@ def variance_spectrum(features: Path, models: list[str]) -> list[str]:
 
     lines = []
     for model in models:
-        x, _, _ = load_features(features, model, "train")
+        x, _, _ = load_features(features, archive, model, "train")
         centred = torch.from_numpy(x - x.mean(0, keepdims=True))
         share, rank = variance_shares(centred), spectrum(centred)["effective_rank"]
         lines.append(f"{model}: top-3 variance share {', '.join(f'{v:.3f}' for v in share[:3].tolist())}; "
@@ -213,8 +213,8 @@ def main() -> None:
     collect_final(Path(args.runs))
     print(plot_compute_curve())
     print(plot_queries(Path(args.features), Path(args.archive), args.models))
-    print(plot_embedding_map(Path(args.features), args.models))
-    print("\n".join(variance_spectrum(Path(args.features), args.models)))
+    print(plot_embedding_map(Path(args.features), Path(args.archive), args.models))
+    print("\n".join(variance_spectrum(Path(args.features), Path(args.archive), args.models)))
     print("\n".join(final_runs_table()))
     print("\n".join(results_tables()))
 

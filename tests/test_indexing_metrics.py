@@ -57,7 +57,7 @@ def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_
         assert 0 <= row["mAP@10"] <= 1 and 0 <= row["linear"] <= 1 and 0 <= row["kNN20"] <= 1
     head = load_head(model)
     assert head["weight"].shape == (3, 48) and head["classes"] == ["Forest", "River", "SeaLake"]
-    features = np.load(tmp_path / "ix" / model.name / "features-test.npz")
+    features = np.load(tmp_path / "ix" / model.name / f"features-{archive.name}-test.npz")
     accuracy = (predict(head, features["x"]) == features["y"]).mean()
     assert accuracy == pytest.approx(numbers["rows"][model.name]["linear"])
 
@@ -103,6 +103,6 @@ def test_val_queries_for_model_selection_never_read_test(tmp_path_factory, tmp_p
                  "--json", str(report), "--queries", "val", "--no-baselines"]) == 0
     numbers = json.loads(report.read_text())
     assert numbers["queries"] == "val split" and numbers["tuning"] == "none (C=1)"
-    assert not list((tmp_path / "ix").rglob("features-test.npz"))  # the test split was not embedded
+    assert not list((tmp_path / "ix").rglob("features-*-test.npz"))  # the test split was not embedded
     head_after = (model / "linear_head.npz").stat().st_mtime_ns if (model / "linear_head.npz").exists() else None
     assert head_after == head_before  # no head saved from a selection run
