@@ -27,8 +27,8 @@ case ${1:?select, ship or report} in
     report)
         # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
         python -m indexing evaluate --model ijepa-aid mae-aid --archive "$aid" --json study/results-aid.json
-        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" \
-            --json study/results-aid-models-on-eurosat.json
+        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" --no-baselines \
+            --json study/results-aid-models-on-eurosat.json  # EuroSAT's floors: in results-eurosat.json
         python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
         # The shipped I-JEPA is whitened (chosen on val); its paper embedding (the plain export) keeps its own row.
