@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .service import QueryResult
+from .service import QueryResult, Ring, footprint_ring
 
 #: Outline colours per model position (first model, second model, ...).
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
@@ -28,8 +28,6 @@ SEA, LAND, BORDER = (214, 230, 242), (240, 236, 226), (170, 160, 150)
 BASEMAP = Path(__file__).resolve().parent / "basemap" / "countries-110m.json"
 MIN_SPAN_DEG = 0.005  # ~500 m: one chip never fills the whole map
 MIN_OUTLINE_PX = 8  # footprints narrower than this are drawn as circles
-
-Ring = list[tuple[float, float]]  # [(lon, lat), ...] in EPSG:4326
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,6 @@ class Extent:
         half_lat = self.height / 2 / self.scale
         half_lon = self.width / 2 / (self.scale * self._cos)
         return self.lon - half_lon, self.lat - half_lat, self.lon + half_lon, self.lat + half_lat
-
-
-def footprint_ring(row: dict[str, Any]) -> Ring | None:
-    """The outer ring of a catalogue row's ``footprint`` (GeoJSON Polygon string), or None."""
-    text = row.get("footprint")
-    if not text:
-        return None
-    return [(float(x), float(y)) for x, y in json.loads(text)["coordinates"][0]]
 
 
 def extent_of(result: QueryResult, width: int = 640, height: int = 420) -> Extent | None:

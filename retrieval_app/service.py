@@ -50,6 +50,7 @@ MAX_K = 100
 #: Archive chips whose pixels the map keeps in memory (64 px RGB chips: ~12 kB each).
 MAP_CACHE = 4096
 _CHIP_ID = re.compile(r"#r(\d+)c(\d+)$")
+Ring = list[tuple[float, float]]  # [(lon, lat), ...] in EPSG:4326
 
 
 class RowLookup:
@@ -350,7 +351,7 @@ class RetrievalService:
         return self.read_row(model, row).display
 
     def map_chips(self, bounds: tuple[float, float, float, float], limit: int = 400
-                  ) -> list[tuple[list[tuple[float, float]], np.ndarray]]:
+                  ) -> list[tuple[Ring, np.ndarray]]:
         """``(footprint ring [(lon, lat), ...], uint8 [H, W, 3])`` of the archive chips centred inside ``bounds``
         (min_lon, min_lat, max_lon, max_lat), for the map's imagery layer; none when more than ``limit`` are
         (too small to see). Pixels are read once and kept (at most ``MAP_CACHE`` chips)."""
@@ -363,8 +364,7 @@ class RetrievalService:
         rows = [_clean(dict(zip(names, found))) for found in cursor.fetchall()]
         if len(rows) > limit:
             return []
-        return [([tuple(p) for p in json.loads(row["footprint"])["coordinates"][0]], self._map_pixels(model, row))
-                for row in rows]
+        return [(footprint_ring(row), self._map_pixels(model, row)) for row in rows]
 
     # ---- internals -------------------------------------------------------------------------------------------
 
@@ -540,6 +540,14 @@ def _mark_shared(results: dict[str, ModelResult]) -> None:
         for hit in result.hits:
             hit["also_in"] = [other for other, r in results.items() if other != key
                               and any(h["sample_id"] == hit["sample_id"] for h in r.hits)]
+
+
+def footprint_ring(row: dict[str, Any]) -> Ring | None:
+    """The outer ring of a catalogue row's ``footprint`` (GeoJSON Polygon string), or None."""
+    text = row.get("footprint")
+    if not text:
+        return None
+    return [(float(x), float(y)) for x, y in json.loads(text)["coordinates"][0]]
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
