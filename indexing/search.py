@@ -88,7 +88,8 @@ def search_image(model: str | Path, image: str | Path, k: int = 10, where: str |
         if encoder.identity != opened.manifest["model_sha256"]:
             raise RuntimeError(f"the index in {opened.folder} was built with another export of {model!r}: "
                                f"rebuild it with `python -m indexing build --model {model}`.")
-        query = normalised(encoder.embed(read_query_image(image, encoder.card)[None]))  # [1, D]
+        pixels, _ = read_query_image(image, encoder.card)  # [C, S, S]
+        query = normalised(encoder.embed(pixels[None]))  # [1, D]
         return search_vectors(opened, query, k, where)[0]
     finally:
         opened.close()

@@ -2,20 +2,21 @@
 
 No gradio here: the UI (:mod:`retrieval_app.ui`), the benchmark and the tests all call :class:`RetrievalService`.
 It composes the indexing package: ``load_encoder`` (ONNX Runtime), ``open_index`` (FAISS + DuckDB catalogue),
-``search_vectors`` (exact filtered search), the linear-probe head of ``indexing.probe``; uploads are decoded by
-:mod:`retrieval_app.upload`. Safe for concurrent queries: FAISS search and ONNX Runtime sessions are
-read-only, and each thread gets its own DuckDB cursor.
+``search_vectors`` (exact filtered search), the linear-probe head of ``indexing.probe``; uploads are read once and
+decoded by :mod:`retrieval_app.upload`. The models of one query run side by side (embed -> search -> catalogue
+rows, one thread each: ONNX Runtime, FAISS and DuckDB release the GIL). Safe for concurrent queries: FAISS search
+and ONNX Runtime sessions are read-only, and each thread gets its own DuckDB cursor.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from training.data.raster import open_raster, read_window
 
 from .filters import Filters, allowed_ids
 from .heatmap import explain_pair
-from .upload import CHIP_SIZE, LARGE_MODES, QueryImage, UploadError, decode_query, to_display
+from .upload import CHIP_SIZE, LARGE_MODES, QueryImage, UploadError, decode_query, read_upload, to_display
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ KNN_TEMPERATURE = 0.07
 MAX_K = 100
 #: Archive chips whose pixels the map keeps in memory (64 px RGB chips: ~12 kB each).
 MAP_CACHE = 4096
+#: Threads that run the models of queries side by side (shared by all queries; more than the cores, so that
+#: concurrent clients queue on the CPU rather than on the pool).
+MODEL_THREADS = 8
 _CHIP_ID = re.compile(r"#r(\d+)c(\d+)$")
 Ring = list[tuple[float, float]]  # [(lon, lat), ...] in EPSG:4326
 
@@ -167,10 +171,12 @@ def _compare(what: str, name_a: str, a: str | None, name_b: str, b: str | None) 
 class RetrievalService:
     """Models, indexes and catalogues loaded once (see :meth:`open`); query, classify, explain, export."""
 
-    def __init__(self, models: Sequence[LoadedModel]) -> None:
+    def __init__(self, models: Sequence[LoadedModel], side_by_side: bool = True) -> None:
+        """``side_by_side``: run the models of a query at once on a thread pool (False: one after the other)."""
         if not models:
             raise ValueError("RetrievalService needs at least one model")
         self.models = {m.key: m for m in models}
+        self._pool = ThreadPoolExecutor(MODEL_THREADS, "model") if side_by_side and len(models) > 1 else None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._cursors: list[Any] = []
@@ -179,13 +185,15 @@ class RetrievalService:
 
     @classmethod
     def open(cls, models: Sequence[str | Path] = ("ijepa", "mae"), index_dir: str | Path | None = None,
-             threads: int | None = None, faiss_threads: int | None = 1) -> RetrievalService:
+             threads: int | None = 1, faiss_threads: int | None = 1, side_by_side: bool = True) -> RetrievalService:
         """Load each model (registry name or exported-model folder), its index in ``<index_dir>/<model>/`` and
         its linear head (``linear_head.npz`` beside the model, optional).
 
-        ``threads``: ONNX Runtime intra-op threads (None = its default). ``faiss_threads``: FAISS OpenMP threads
-        for the whole process (None = leave as is); 1 is right for one query at a time: on a busy 2-core machine
-        OpenMP's thread wake-up made a 24-vector search take ~10-30 ms instead of 0.03 ms.
+        ``threads``: ONNX Runtime intra-op threads per model (None = one per core). One is right when the models
+        run side by side: on this 2-core CPU two one-thread sessions embed a tile each in 4.6 ms together, one
+        two-thread session after the other in 8.2 ms (`benchmarks/bench_app.py`). ``faiss_threads``: FAISS OpenMP
+        threads for the whole process (None = leave as is); 1 is right for one query at a time: on a busy 2-core
+        machine OpenMP's thread wake-up made a 24-vector search take ~10-30 ms instead of 0.03 ms.
 
         Raises:
             FileNotFoundError: a model or an index is missing (the message says how to make it).
@@ -210,9 +218,11 @@ class RetrievalService:
             loaded.append(LoadedModel(model_key(model), encoder, opened, head, archive, RowLookup(opened.con)))
             logger.info("loaded %s: %d images in %s", model_key(model), opened.manifest["counts"]["images"],
                         opened.folder)
-        return cls(loaded)
+        return cls(loaded, side_by_side)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for cursor in self._cursors:
             cursor.close()
         for model in self.models.values():
@@ -274,16 +284,22 @@ class RetrievalService:
         k, filters = int(k), filters or Filters()
         start = time.perf_counter()
         decoded = self._decode_all(image, example, large)
-        query_hash = _file_hash(image) if isinstance(image, (str, Path)) else None
-        if example is not None:
-            query_hash = self.row(self._first.key, example)["hash"]
+        first = decoded[_card_key(self._first)]
+        query_hash = self.row(self._first.key, example)["hash"] if example is not None else first.sha256
         timings = {"decode": (time.perf_counter() - start) * 1e3}
-        results = {}
-        for model in self.models.values():
-            results[model.key] = self._query_model(model, decoded[_card_key(model)], k, filters, query_hash)
+
+        def answer(model: LoadedModel) -> ModelResult:
+            return self._query_model(model, decoded[_card_key(model)], k, filters, query_hash)
+
+        models = list(self.models.values())
+        if self._pool is None:
+            results = {m.key: answer(m) for m in models}
+        else:  # the first model on this thread, the others on the pool, at the same time
+            others = [(m.key, self._pool.submit(answer, m)) for m in models[1:]]
+            results = {models[0].key: answer(models[0])} | {key: future.result() for key, future in others}
         _mark_shared(results)
         timings["total"] = (time.perf_counter() - start) * 1e3
-        return QueryResult(results, decoded[_card_key(self._first)], k, filters, timings)
+        return QueryResult(results, first, k, filters, timings)
 
     def decode(self, image: str | Path | np.ndarray, large: str = LARGE_MODES[0]) -> QueryImage:
         """The upload decoded for the first model, as that model sees it (for a preview)."""
@@ -404,10 +420,11 @@ class RetrievalService:
 
     def _decode_all(self, image: Any, example: str | None, large: str, only: LoadedModel | None = None
                     ) -> dict[tuple, QueryImage]:
-        """The query decoded once per distinct model input (size, bands)."""
+        """The query decoded once per distinct model input (size, bands); an upload is read from disk once."""
         if (image is None) == (example is None):
             raise UploadError("Upload a JPEG, PNG or GeoTIFF tile or pick an example from the archive "
                               "(one of the two).")
+        upload = read_upload(image) if isinstance(image, (str, Path)) else None
         decoded: dict[tuple, QueryImage] = {}
         for model in [only] if only else self.models.values():
             key = _card_key(model)
@@ -418,7 +435,7 @@ class RetrievalService:
             elif isinstance(image, np.ndarray):
                 decoded[key] = _from_array(image, model.encoder.card)
             else:
-                decoded[key] = decode_query(image, model.encoder.card, large)
+                decoded[key] = decode_query(upload, model.encoder.card, large)
         return decoded
 
     def _query_model(self, model: LoadedModel, query: QueryImage, k: int, filters: Filters,
@@ -553,11 +570,3 @@ def footprint_ring(row: dict[str, Any]) -> Ring | None:
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
     """NaN floats (missing lat/lon/gsd) as None."""
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-
-
-def _file_hash(path: str | Path) -> str | None:
-    """sha256 of a small file (the catalogue's hash of a whole-file sample), None if unreadable."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None

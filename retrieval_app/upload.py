@@ -1,8 +1,10 @@
 """Validate and decode an uploaded query tile for one model card, with messages a user can act on.
 
-The bytes are sniffed (JPEG, PNG, TIFF signatures), never trusted by file name; the size is checked before and
-the pixel count (the decompression-bomb guard) from the header before any pixel is decoded. Decoding reuses the
-archive readers: JPEG/PNG through :func:`indexing.query.read_query_image` (``training.data.rgb.read_rgb``), GeoTIFF
+An upload is read from disk once (:func:`read_upload`, size checked first) into a
+:class:`~training.data.source.FileBytes`; everything after works on those bytes: the format is sniffed from them
+(JPEG, PNG, TIFF, GIF, WebP, BMP signatures), never trusted by file name; the pixel count (the decompression-bomb
+guard) is checked from the header before any pixel is decoded; the content hash is theirs. Decoding is the archive
+readers' own: JPEG/PNG through :func:`indexing.query.read_query_image` (``training.data.rgb.read_rgb``), GeoTIFF
 through ``training.data.raster`` (``open_raster`` / ``read_window``), so a query is read exactly like an archive
 image. A GeoTIFF larger than one archive chip is either cut to its centre chip (default: same ground resolution
 as the indexed chips) or resized as a whole; :attr:`QueryImage.note` says which.
@@ -24,7 +26,7 @@ from training.data import UnreadableImageError, open_archive
 from training.data.base import (RASTER_SUFFIXES, ImageTooLargeError, UnsupportedImageError, check_bands,
                                 resize_image)
 from training.data.raster import centre_latlon, open_raster, read_window
-from training.data.rgb import image_size_of
+from training.data.source import FileBytes
 
 #: Largest upload accepted, in bytes (gradio's ``max_file_size`` is set to the same value).
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -48,7 +50,7 @@ class UploadError(ValueError):
 class QueryImage:
     """A decoded query: ``image`` float32 [C, S, S] in scaled units for the model, ``display`` uint8 [S, S, 3]
     for people, ``kind`` (JPEG/PNG/TIFF), ``source_size`` (width, height, bands), a ``note`` ('' if none) and
-    the centre ``location`` (lat, lon) of a georeferenced GeoTIFF."""
+    the centre ``location`` (lat, lon) of a georeferenced GeoTIFF; ``sha256`` of the file's bytes when it was one."""
 
     image: torch.Tensor
     display: np.ndarray
@@ -56,13 +58,14 @@ class QueryImage:
     source_size: tuple[int, int, int]
     note: str = ""
     location: tuple[float, float] | None = None  # (lat, lon) of the centre, EPSG:4326, when known
+    sha256: str | None = None  # the catalogue's hash of a whole-file sample, to recognise the query among the hits
 
 
-def sniff(path: str | Path) -> str:
-    """``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"GIF"``, ``"WEBP"`` or ``"BMP"`` from the first bytes of ``path``.
+def read_upload(path: str | Path) -> FileBytes:
+    """The uploaded file's bytes, read once, after checking that it exists, is not empty and not too large.
 
     Raises:
-        UploadError: missing, empty, too large, or not one of those formats.
+        UploadError: missing, empty or larger than :data:`MAX_UPLOAD_BYTES`.
     """
     path = Path(path)
     if not path.is_file():
@@ -73,19 +76,28 @@ def sniff(path: str | Path) -> str:
     if size > MAX_UPLOAD_BYTES:
         raise UploadError(f"The file is {size / 2**20:.1f} MiB; uploads are limited to "
                           f"{MAX_UPLOAD_BYTES // 2**20} MiB. Crop the scene to the area of interest.")
-    with open(path, "rb") as f:
-        head = f.read(12)
+    return FileBytes.read(path)
+
+
+def sniff(upload: FileBytes) -> str:
+    """``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"GIF"``, ``"WEBP"`` or ``"BMP"`` from the first bytes of the upload.
+
+    Raises:
+        UploadError: not one of those formats.
+    """
+    head = upload.data[:12]
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "WEBP"
     for signature, kind in _SIGNATURES.items():
         if head.startswith(signature):
             return kind
-    raise UploadError(f"{path.name} is not an image this app reads ({FORMATS}; its first bytes are "
+    raise UploadError(f"{upload.path.name} is not an image this app reads ({FORMATS}; its first bytes are "
                       f"{head[:4]!r}). Upload an image tile.")
 
 
-def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODES[0]) -> QueryImage:
-    """Decode the upload at ``path`` for a model with model card ``card`` (``input_size``, ``band_indices``).
+def decode_query(upload: str | Path | FileBytes, card: dict[str, Any], large: str = LARGE_MODES[0]) -> QueryImage:
+    """Decode an upload (its path, or its bytes from :func:`read_upload`) for a model with model card ``card``
+    (``input_size``, ``band_indices``).
 
     Args:
         large: a GeoTIFF larger than one chip (:data:`CHIP_SIZE` px): ``"centre chip"`` or ``"resize whole"``.
@@ -95,41 +107,43 @@ def decode_query(path: str | Path, card: dict[str, Any], large: str = LARGE_MODE
     """
     if large not in LARGE_MODES:
         raise UploadError(f"Large-GeoTIFF mode {large!r} is unknown: choose one of {', '.join(LARGE_MODES)}.")
-    kind = sniff(path)
+    if not isinstance(upload, FileBytes):
+        upload = read_upload(upload)
+    kind = sniff(upload)
     try:
-        if kind == "TIFF":
-            return _decode_geotiff(Path(path), card, large)
-        return _decode_pil(Path(path), card, kind)
+        decoded = _decode_geotiff(upload, card, large) if kind == "TIFF" else _decode_pil(upload, card, kind)
     except ImageTooLargeError as err:
-        raise UploadError(f"{Path(path).name} is {err.reason}: crop or downsample it first.") from err
+        raise UploadError(f"{upload.path.name} is {err.reason}: crop or downsample it first.") from err
     except UnsupportedImageError as err:
-        raise UploadError(f"{Path(path).name} is {err.reason}.") from err
+        raise UploadError(f"{upload.path.name} is {err.reason}.") from err
     except UnreadableImageError as err:
-        raise UploadError(f"{Path(path).name} could not be decoded ({err.reason}): the file is corrupt, truncated "
+        raise UploadError(f"{upload.path.name} could not be decoded ({err.reason}): the file is corrupt, truncated "
                           "or not an image. Upload it again or choose another tile.") from err
+    decoded.sha256 = upload.sha256
+    return decoded
 
 
-def _decode_pil(path: Path, card: dict[str, Any], kind: str) -> QueryImage:
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        raise UploadError(f"{path.name} is named like a GeoTIFF but is a {kind}: rename it to .{kind.lower()}.")
-    width, height = image_size_of(path)  # header only
-    _check_pixels(width, height, path.name)
+def _decode_pil(upload: FileBytes, card: dict[str, Any], kind: str) -> QueryImage:
+    name = upload.path.name
+    if upload.path.suffix.lower() in RASTER_SUFFIXES:
+        raise UploadError(f"{name} is named like a GeoTIFF but is a {kind}: rename it to .{kind.lower()}.")
     bands = card.get("band_indices")
     if bands is not None and any(int(b) > 3 for b in bands):
         raise UploadError(f"This model takes bands {list(bands)} ({len(bands)} bands) but a {kind} has 3 (RGB): "
                           "upload a GeoTIFF with those bands.")
-    image = read_query_image(path, card)  # [C, S, S]
+    image, (width, height) = read_query_image(upload, card, MAX_PIXELS)  # [C, S, S]
     if image.shape[0] != int(card["bands"]):
         raise UploadError(f"This model takes {card['bands']} bands but a {kind} has {image.shape[0]}: upload a "
                           f"GeoTIFF with {card['bands']} bands.")
     return QueryImage(image, to_display(image, stretch=False), kind, (width, height, 3))
 
 
-def _decode_geotiff(path: Path, card: dict[str, Any], large: str) -> QueryImage:
-    size = int(card["input_size"])
-    with open_raster(path) as src:
+def _decode_geotiff(upload: FileBytes, card: dict[str, Any], large: str) -> QueryImage:
+    size, path = int(card["input_size"]), upload.path
+    with open_raster(upload) as src:
         width, height, count = src.width, src.height, src.count
-        _check_pixels(width, height, path.name)
+        if width * height > MAX_PIXELS:
+            raise ImageTooLargeError(path, width * height, MAX_PIXELS)
         bands, note = _pick_bands(card, count, path.name)
         window = None
         if max(width, height) > CHIP_SIZE:
@@ -172,12 +186,6 @@ def _pick_bands(card: dict[str, Any], count: int, name: str) -> tuple[list[int],
     except ValueError:
         raise UploadError(f"{name} has {count} band(s) but this model takes bands {list(wanted)} (1-based): "
                           "upload a GeoTIFF with those bands.") from None
-
-
-def _check_pixels(width: int, height: int, name: str) -> None:
-    if width * height > MAX_PIXELS:
-        raise UploadError(f"{name} is too large to decode safely: {width}×{height} px ({width * height / 1e6:.0f} "
-                          f"Mpx; the limit is {MAX_PIXELS / 1e6:.0f} Mpx). Crop or downsample it first.")
 
 
 def to_display(image: torch.Tensor, stretch: bool) -> np.ndarray:

@@ -289,3 +289,45 @@ def test_rowid_lookup_returns_what_search_vectors_returns(service, setup):
               for r in search_vectors(opened, query, 7)[0]]
     assert [r["sample_id"] for r in fast] == [r["sample_id"] for r in joined] and len(fast) == 7
     assert fast == joined
+
+
+def test_an_upload_is_read_from_disk_once(service, setup, tmp_path, monkeypatch):
+    # Sniffing, the pixel limit, decoding (once per distinct model input) and the hash all use one read.
+    import builtins
+    import io
+
+    geotiff = tmp_path / "scene.tif"
+    geotiff.write_bytes((GEOTIFFS / "s2_utm18n_uint16_6band.tif").read_bytes())
+    jpeg = setup.archive / "2750" / "River" / "River_3.jpg"
+    opened: list[str] = []
+    real_open, real_rasterio_open = io.open, rasterio.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) in (str(jpeg), str(geotiff)):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def counting_rasterio_open(fp, *args, **kwargs):
+        if not isinstance(fp, io.BytesIO):
+            opened.append(str(fp))
+        return real_rasterio_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(rasterio, "open", counting_rasterio_open)
+    for upload in (jpeg, geotiff):
+        opened.clear()
+        result = service.query(upload, k=3)
+        assert opened == [str(upload)], f"{upload.name} was opened {len(opened)} times: {opened}"
+        assert result.models["ijepa"].hits and result.query.sha256 is not None
+    assert service.query(jpeg, k=1).models["mae"].hits[0]["is_query"]  # the hash of those bytes is the catalogue's
+
+
+def test_models_side_by_side_answer_as_one_after_the_other(service, setup):
+    sequential = RetrievalService(list(service.models.values()), side_by_side=False)
+    query = setup.archive / "2750" / "SeaLake" / "SeaLake_4.jpg"
+    a, b = service.query(query, k=6), sequential.query(query, k=6)
+    assert service._pool is not None and sequential._pool is None
+    for key in ("ijepa", "mae"):
+        assert a.models[key].hits == b.models[key].hits
+        assert a.models[key].probabilities == pytest.approx(b.models[key].probabilities)

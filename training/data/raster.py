@@ -27,6 +27,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .base import UnreadableImageError
+from .source import Source, openable, source_path
 
 #: Default divisor for integer types other than uint8 (Sentinel-2 reflectance * 10000).
 REFLECTANCE_SCALE = 10000.0
@@ -70,12 +71,13 @@ class RasterCache:
         self.__init__(state["max_open"])
 
 
-def open_raster(path: Path) -> Any:
-    """``rasterio.open(path)`` with failures reported as :class:`UnreadableImageError`."""
+def open_raster(source: Source) -> Any:
+    """``rasterio.open`` of a path or of a file's bytes (:class:`~training.data.source.FileBytes`), with failures
+    reported as :class:`UnreadableImageError`."""
     try:
-        return rasterio.open(path)
+        return rasterio.open(openable(source))
     except (RasterioError, OSError) as err:
-        raise UnreadableImageError(path, f"rasterio cannot open it ({err})") from err
+        raise UnreadableImageError(source_path(source), f"rasterio cannot open it ({err})") from err
 
 
 def read_window(

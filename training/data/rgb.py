@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from .base import ImageTooLargeError, UnreadableImageError, UnsupportedImageError
+from .source import Source, openable, source_path
 
 #: (left, top, right, bottom) in pixels of the full-resolution image, right/bottom exclusive.
 Box = tuple[int, int, int, int]
@@ -39,12 +38,13 @@ def _too_large(path: Path, err: Image.DecompressionBombError) -> ImageTooLargeEr
     return ImageTooLargeError(path, int(found.group(1)) if found else None, int(Image.MAX_IMAGE_PIXELS or 0))
 
 
-def image_size_of(path: Path) -> tuple[int, int]:
+def image_size_of(source: Source) -> tuple[int, int]:
     """(width, height) of an image from its header only (no pixel decoding)."""
+    path = source_path(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(openable(source)) as im:
                 return im.size
     except Image.DecompressionBombError as err:
         raise _too_large(path, err) from err
@@ -52,15 +52,17 @@ def image_size_of(path: Path) -> tuple[int, int]:
         raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
 
 
-def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) -> tuple[torch.Tensor, int, int]:
+def read_rgb(source: Source, box: Box | None = None, out_size: int | None = None,
+             max_pixels: int | None = None) -> tuple[torch.Tensor, int, int]:
     """Read an image as RGB, optionally cropped to ``box``.
 
     Args:
-        path: JPEG / PNG / GIF / WebP / BMP (any PIL mode: greyscale, 16-bit greyscale, RGBA and palette images
-            become RGB).
+        source: the path of a JPEG / PNG / GIF / WebP / BMP, or its bytes (:class:`~training.data.source.FileBytes`)
+            (any PIL mode: greyscale, 16-bit greyscale, RGBA and palette images become RGB).
         box: crop (left, top, right, bottom) in full-resolution pixels; ``None`` = whole image.
         out_size: the side the caller will resize to; lets JPEGs decode at a reduced scale that still has at
             least ``out_size`` pixels across the cropped region. ``None`` = decode at full resolution.
+        max_pixels: refuse images whose header declares more pixels (a stricter limit than PIL's own).
 
     Returns:
         ``(image, width, height)``: ``image`` is float32 [3, h, w] in [0, 1] (h, w may be smaller than the region
@@ -70,15 +72,18 @@ def read_rgb(path: Path, box: Box | None = None, out_size: int | None = None) ->
         UnreadableImageError: the file is missing, corrupt, truncated or animated;
             ImageTooLargeError (a subclass) when it declares too many pixels to decode safely.
     """
+    path = source_path(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(openable(source)) as im:
+                full_w, full_h = im.size
+                if max_pixels is not None and full_w * full_h > max_pixels:
+                    raise ImageTooLargeError(path, full_w * full_h, max_pixels)
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     raise UnsupportedImageError(path, f"an animated {im.format} with {frames} frames; save the frame "
                                                       "to search as a PNG or JPEG")
-                full_w, full_h = im.size
                 left, top, right, bottom = box if box is not None else (0, 0, full_w, full_h)
                 if not (0 <= left < right <= full_w and 0 <= top < bottom <= full_h):
                     raise UnreadableImageError(
