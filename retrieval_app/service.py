@@ -24,7 +24,6 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from PIL import Image
 from rasterio.windows import Window
 
 from indexing.encoders import OnnxEncoder, load_encoder, normalised
@@ -48,8 +47,10 @@ METHOD_NAMES = {"ijepa": "I-JEPA", "mae": "MAE"}
 #: Temperature of the weighted kNN vote, as in ``training.knn`` and the evaluation.
 KNN_TEMPERATURE = 0.07
 MAX_K = 100
-#: Archive chips whose pixels the map keeps in memory (64 px RGB chips: ~12 kB each).
-MAP_CACHE = 4096
+#: Archive samples whose display pixels (thumbnails, map imagery) stay in memory (64 px RGB: ~12 kB each).
+PIXEL_CACHE = 4096
+#: Archive paths remembered as checked to lie inside their archive.
+SERVED_CACHE = 100_000
 #: Threads that run the models of queries side by side (shared by all queries; more than the cores, so that
 #: concurrent clients queue on the CPU rather than on the pool).
 MODEL_THREADS = 8
@@ -181,7 +182,8 @@ class RetrievalService:
         self._lock = threading.Lock()
         self._cursors: list[Any] = []
         self._datasets: dict[str, tuple[Any, dict[str, int]]] = {}
-        self._map_cache: dict[str, np.ndarray] = {}  # sample_id -> uint8 [H, W, 3]
+        self._pixel_cache: dict[tuple[str, str], np.ndarray] = {}  # (model, sample_id) -> uint8 [H, W, 3]
+        self._served: set[tuple[str, Path]] = set()  # (model key, path) checked to be inside the archive
 
     @classmethod
     def open(cls, models: Sequence[str | Path] = ("ijepa", "mae"), index_dir: str | Path | None = None,
@@ -358,19 +360,19 @@ class RetrievalService:
 
     def thumbnail(self, key: str, row: dict[str, Any]) -> str | np.ndarray:
         """What a gallery shows for a hit: the archive file's path when a browser can show it (JPEG/PNG whole
-        file), else uint8 [H, W, 3] pixels."""
+        file), else uint8 [H, W, 3] pixels (rendered once per sample, then kept)."""
         model = self._model(key)
         path = Path(row["path"])
         if "#" not in str(row["sample_id"]) and path.suffix.lower() in (".jpg", ".jpeg", ".png"):
             self._check_served(model, path)
             return str(path)
-        return self.read_row(model, row).display
+        return self._pixels(model, row)
 
     def map_chips(self, bounds: tuple[float, float, float, float], limit: int = 400
                   ) -> list[tuple[Ring, np.ndarray]]:
         """``(footprint ring [(lon, lat), ...], uint8 [H, W, 3])`` of the archive chips centred inside ``bounds``
         (min_lon, min_lat, max_lon, max_lat), for the map's imagery layer; none when more than ``limit`` are
-        (too small to see). Pixels are read once and kept (at most ``MAP_CACHE`` chips)."""
+        (too small to see). Pixels are read once and kept (at most ``PIXEL_CACHE`` samples)."""
         model = self._first
         min_lon, min_lat, max_lon, max_lat = bounds
         cursor = self._opened(model).con.execute(
@@ -380,23 +382,23 @@ class RetrievalService:
         rows = [_clean(dict(zip(names, found))) for found in cursor.fetchall()]
         if len(rows) > limit:
             return []
-        return [(footprint_ring(row), self._map_pixels(model, row)) for row in rows]
+        return [(footprint_ring(row), self._pixels(model, row)) for row in rows]
 
     # ---- internals -------------------------------------------------------------------------------------------
 
-    def _map_pixels(self, model: LoadedModel, row: dict[str, Any]) -> np.ndarray:
-        """uint8 [H, W, 3] of a catalogue row for the map (cached by sample id)."""
+    def _pixels(self, model: LoadedModel, row: dict[str, Any]) -> np.ndarray:
+        """uint8 [H, W, 3] of a catalogue row as ``model`` reads it (gallery thumbnails, the map's imagery),
+        read once and kept (at most ``PIXEL_CACHE`` samples)."""
+        key = (model.key, str(row["sample_id"]))
         with self._lock:
-            cached = self._map_cache.get(row["sample_id"])
+            cached = self._pixel_cache.get(key)
         if cached is not None:
             return cached
-        thumbnail = self.thumbnail(model.key, row)
-        pixels = (np.asarray(Image.open(thumbnail).convert("RGB")) if isinstance(thumbnail, str)
-                  else thumbnail[..., :3])
+        pixels = self.read_row(model, row).display
         with self._lock:
-            if len(self._map_cache) >= MAP_CACHE:
-                self._map_cache.clear()
-            self._map_cache[row["sample_id"]] = pixels
+            if len(self._pixel_cache) >= PIXEL_CACHE:
+                self._pixel_cache.clear()
+            self._pixel_cache[key] = pixels
         return pixels
 
     @property
@@ -486,11 +488,18 @@ class RetrievalService:
             dataset, index = self._datasets[model.key]
         return dataset, index
 
-    @staticmethod
-    def _check_served(model: LoadedModel, path: Path) -> None:
+    def _check_served(self, model: LoadedModel, path: Path) -> None:
+        """Refuse a path outside the model's archive (symlinks and '..' resolved); paths once found inside are
+        remembered, so a gallery of hits costs no file-system calls."""
+        if (model.key, path) in self._served:
+            return
         resolved = path.resolve()
         if not (resolved == model.archive or resolved.is_relative_to(model.archive)):
             raise QueryError(f"{path} is outside the archive {model.archive}: it is not served.")
+        with self._lock:
+            if len(self._served) >= SERVED_CACHE:
+                self._served.clear()
+            self._served.add((model.key, path))
 
 
 def build_missing(models: Sequence[str | Path], archive: str | Path | None = None,

@@ -113,6 +113,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     examples = {name: s.examples() for name, s in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
     images = ImageFiles(export_root / "images")
+    no_map = images.path(_placeholder("No locations: this archive's images carry no coordinates.",
+                                      "Choose a located archive to see a map."))  # drawn once, not per query
 
     def _service(archive: str | None) -> RetrievalService:
         if not archive:
@@ -152,8 +154,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                         [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
             state[key] = [h["sample_id"] for h in r.hits]
         located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
-        outputs.append(images.path(located if located is not None else _placeholder(
-            "No locations: this archive's images carry no coordinates.", "Choose a located archive to see a map.")))
+        outputs.append(images.path(located) if located is not None else no_map)
         outputs += list(_exports(result))
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
