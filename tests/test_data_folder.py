@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def test_geotiff_class_folders_read_through_rasterio(tmp_path: Path) -> None:
     sample = ds[1]
     assert sample["image"].shape == (3, 8, 8) and torch.allclose(sample["image"], torch.full((3, 8, 8), 0.2))
     assert sample["label"] == 1 and ds.describe(1)["nodata_fraction"] == 0.0
+    # A GeoTIFF in a class folder says where it is: centre, footprint (80 m square in UTM 18N) and gsd.
+    lat, lon = sample["lat"], sample["lon"]
+    assert 40.6 < lat < 40.7 and -75.1 < lon < -74.9 and sample["gsd"] == 10.0
+    ring = json.loads(ds.describe(1)["footprint"])["coordinates"][0]
+    assert len(ring) == 5 and min(x for x, _ in ring) < lon < max(x for x, _ in ring)
     with rasterio.open(tmp_path / "River" / "River_2.tif", "w", **{**profile, "count": 5}) as dst:
         dst.write(np.zeros((5, 8, 8), dtype=np.uint16))
     with pytest.raises(UnreadableImageError, match=r"River_2.tif: it has 5 bands.*pass bands="):

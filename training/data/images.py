@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .base import RASTER_SUFFIXES, UnreadableImageError, check_bands, resize_image
-from .raster import RasterCache, nodata_fraction, open_raster, read_window
+from .raster import RasterCache, nodata_fraction, open_raster, raster_location, read_window
 from .rgb import Box, image_size_of, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class ImageDataset(Dataset):
             src = self._open_raster(item.path)
             image, sample["nodata_fraction"] = read_window(src, self.bands, None, self.scale)
             sample["width"], sample["height"] = src.width, src.height
+            _locate(sample, src)
         else:
             image, sample["width"], sample["height"] = read_rgb(item.path, item.box, self.image_size)
             if self.bands != [1, 2, 3]:
@@ -125,6 +126,7 @@ class ImageDataset(Dataset):
             src = self._open_raster(item.path)
             meta["width"], meta["height"] = src.width, src.height
             meta["nodata_fraction"] = nodata_fraction(src, self.bands)
+            _locate(meta, src)
         elif item.box is not None:
             meta["width"], meta["height"] = item.box[2] - item.box[0], item.box[3] - item.box[1]
         else:
@@ -183,3 +185,10 @@ class ImageDataset(Dataset):
 def _is_raster(item: Item) -> bool:
     return item.path.suffix.lower() in RASTER_SUFFIXES
 
+
+def _locate(sample: dict[str, Any], src: Any) -> None:
+    """Fill the location keys a GeoTIFF's own georeferencing gives (centre, footprint, gsd) where the archive's
+    metadata left them empty."""
+    for key, value in raster_location(src).items():
+        if sample.get(key) is None:
+            sample[key] = value

@@ -153,6 +153,14 @@ def footprint_geojson(src: Any, window: Window) -> str | None:
     return json.dumps({"type": "Polygon", "coordinates": [ring + ring[:1]]})
 
 
+def raster_location(src: Any) -> dict[str, Any]:
+    """Where a whole raster lies, from its own georeferencing: ``lat`` / ``lon`` of its centre, its ``footprint``
+    (GeoJSON Polygon) in EPSG:4326 and ``gsd`` in metres; all None without a CRS."""
+    lat, lon = centre_latlon(src, src.width / 2, src.height / 2)
+    return {"lat": lat, "lon": lon, "gsd": ground_sample_distance(src),
+            "footprint": footprint_geojson(src, Window(0, 0, src.width, src.height))}
+
+
 def ground_sample_distance(src: Any) -> float | None:
     """Pixel size in metres (x resolution), or None for geographic / unknown CRSs."""
     crs = src.crs
