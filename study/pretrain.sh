@@ -2,10 +2,13 @@
 # The study's final runs: each method with the settings chosen on EuroSAT val by study/sweep.py (see RESULTS.md),
 # at about equal compute on the CPU (one thread each, two side by side), each run exported after training.
 # Run from the repository root:
-#   bash study/pretrain.sh eurosat mae ijepa      # and: bash study/pretrain.sh aid mae ijepa
-# (no method = both). The tuned I-JEPA is the paper's (no setting beat it on val, RESULTS.md), so one run gives
-# both rows. RESUME=1 continues killed runs with the same command line. Epochs are sized for about equal compute
-# at the measured one-thread speed of each method (AID: I-JEPA ~22.5, MAE ~41 img/s side by side). On AID (128 px)
+#   bash study/pretrain.sh eurosat mae ijepa ijepa_vicreg    # and: bash study/pretrain.sh aid mae ijepa
+# (no method = mae and ijepa). `ijepa` is the paper's I-JEPA (its own row everywhere); `ijepa_vicreg` the tuned
+# one: the sweep's winner on val after its full 3 epochs (VICReg weight 0.1, lr 1.5e-3 per 256, EMA 0.99 -> 1;
+# RESULTS.md), exported from its best online-kNN epoch on val (checkpoint-best/). RESUME=1 continues killed runs
+# with the same command line. Epochs are sized for about equal compute at the measured one-thread speed of each
+# method (EuroSAT: VICReg steps cost ~1.2x the paper's, so 14 epochs against 16; AID: I-JEPA ~22.5, MAE ~41 img/s
+# side by side). On AID (128 px)
 # the online kNN costs 1-2 min per measurement (a full forward of 3,000 images, per encoder), so it is measured
 # every 4 (I-JEPA) or 8 (MAE) epochs, on 2,000 train / 1,000 val images. The shipped AID runs were started longer
 # and shortened on --resume --epochs to fit the session (I-JEPA 24 -> 22 at epoch 1.2 -> 18 at epoch 9.5; MAE
@@ -16,26 +19,30 @@ dataset=${1:?name a dataset: eurosat or aid}
 shift
 case $dataset in
     eurosat) data=${DATA:-../shared/data/eurosat-rgb}; config=study_final; suffix=""
-             ijepa_epochs=16; mae_epochs=32; ijepa_monitor=1; mae_monitor=1 ;;
+             ijepa_epochs=16; vicreg_epochs=14; mae_epochs=32; ijepa_monitor=1; mae_monitor=1 ;;
     aid) data=${DATA:-../shared/data/aid}; config=study_final_aid; suffix="-aid"
-         ijepa_epochs=18; mae_epochs=36; ijepa_monitor=4; mae_monitor=8 ;;
+         ijepa_epochs=18; vicreg_epochs=16; mae_epochs=36; ijepa_monitor=4; mae_monitor=8 ;;
     *) echo "unknown dataset $dataset: eurosat or aid" >&2; exit 2 ;;
 esac
 runs=${RUNS:-runs/final}
 mkdir -p "$runs"
 
-run() {  # name method epochs overrides...
-    local name=$1$suffix method=$2 epochs=$3
-    shift 3
+run() {  # name method epochs export-options overrides...
+    local name=$1$suffix method=$2 epochs=$3 export_options=$4
+    shift 4
     local sets=()
     for kv in "$@"; do sets+=(--set "$kv"); done
     python -m training pretrain --method "$method" --data "$data" --config "$config" --out "$runs/$name" \
         --epochs "$epochs" "${sets[@]}" ${RESUME:+--resume} > "$runs/$name.log" 2>&1
-    python -m training export "$runs/$name" --out "exported/$name" >> "$runs/$name.log" 2>&1
+    python -m training export "$runs/$name" --out "exported/$name" $export_options >> "$runs/$name.log" 2>&1
 }
 
-mae() { run mae mae "$mae_epochs" optim.lr=0.0015 monitor.every=$mae_monitor; }
-ijepa() { run ijepa ijepa "$ijepa_epochs" optim.lr=0.000125 'ijepa.ema=[0.996,1.0]' monitor.every=$ijepa_monitor; }
+mae() { run mae mae "$mae_epochs" "" optim.lr=0.0015 monitor.every=$mae_monitor; }
+ijepa() { run ijepa ijepa "$ijepa_epochs" "" optim.lr=0.000125 'ijepa.ema=[0.996,1.0]' monitor.every=$ijepa_monitor; }
+ijepa_vicreg() {
+    run ijepa-vicreg ijepa "$vicreg_epochs" --best optim.lr=0.0015 'ijepa.ema=[0.99,1.0]' ijepa.regularizer=vicreg \
+        ijepa.reg_weight=0.1 monitor.every=$ijepa_monitor
+}
 
 if [ $# -eq 0 ]; then
     set -- mae ijepa
