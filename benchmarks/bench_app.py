@@ -4,8 +4,9 @@ the way it runs now next to the way it ran before, interleaved in one run; then 
     python benchmarks/bench_app.py [--queries 100] [--vectors 1000000] [--clients 8] [--http-queries 100]
 
 "now": the models of a query side by side on a thread pool, ONNX Runtime one thread per model, the upload read
-once. "before": the models one after the other, ONNX Runtime on every core (the upload read once as well: the old
-reader, which opened it four times, is gone; its cost shows in the decode stage printed below, ~1 ms before).
+once, at 1M the nprobe chosen by recall. "before": the models one after the other, ONNX Runtime on every core,
+indexing's default nprobe (the upload read once as well: the old reader, which opened it four times, is gone; its
+cost shows in the decode stage printed below, ~1 ms before).
 Both configurations share the same indexes and catalogues and take turns in chunks of queries, so a busy machine
 slows both alike.
 
@@ -201,16 +202,18 @@ def million_services(services: dict[str, object], queries: list[Path], n_vectors
               + ", ".join(f"{p}: {r:.3f}" for p, r in recalls.items()))
         indexes[model.key] = index
     faiss.omp_set_num_threads(threads)
-    print(f"  nprobe {chosen} (default of indexing for {n_vectors:,} vectors: {faiss_index.choose_spec(n_vectors)[1]})")
+    default = faiss_index.choose_spec(n_vectors)[1]
+    print(f"  nprobe {chosen} now; before: {default}, indexing's default for {n_vectors:,} vectors")
     out = {}
     for name, service in services.items():
         models = []
         for model in service.models.values():
-            manifest = {**model.opened.manifest, "nprobe": chosen, "spec": spec, "ntotal": n_vectors}
+            nprobe = chosen if name == "now" else default
+            manifest = {**model.opened.manifest, "nprobe": nprobe, "spec": spec, "ntotal": n_vectors}
             opened = replace(model.opened, con=catalogue, index=indexes[model.key], manifest=manifest)
             models.append(replace(model, opened=opened, rows=rows))
         out[name] = RetrievalService(models, side_by_side=service._pool is not None)
-    return out, f"{n_vectors:,} vectors per model, {spec}, nprobe {chosen}"
+    return out, f"{n_vectors:,} vectors per model, {spec}, nprobe {chosen} (before: {default})"
 
 
 def http_load(service, queries: list[Path], clients: int, per_client: int, work: Path) -> None:
@@ -228,6 +231,16 @@ def http_load(service, queries: list[Path], clients: int, per_client: int, work:
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **launch_options(service))
     no_filters = ([], [], "", "", "")
+    for download in (False, True):  # one client: the response alone, then with its ~24 files fetched one by one
+        client = Client(url, verbose=False, download_files=str(work / "client-single") if download else False)
+        single = []
+        for i in range(25):
+            start = time.perf_counter()
+            client.predict(handle_file(str(queries[i % len(queries)])), None, 10, *no_filters, "centre chip",
+                           api_name="/query")
+            single.append((time.perf_counter() - start) * 1e3)
+        print(f"[http] 1 client, {'every file downloaded' if download else 'response only':21s}: "
+              f"{percentiles(single[5:])}")
     lock, latencies, errors = threading.Lock(), [], []
 
     def session(c: int) -> None:

@@ -54,7 +54,6 @@ SWEEP: dict[str, Run] = {
     "ijepa-lr1.5e-3-ema.99-sigreg.1-shared": Run("ijepa", {**MOVING_IJEPA, "ijepa.regularizer": "sigreg",
                                                            "ijepa.reg_weight": 0.1, "ijepa.shared_context": True}),
     "ijepa-lr1.5e-3-ema.99-patch4": Run("ijepa", {**MOVING_IJEPA, **GRID_16}, epochs=1),
-    "ijepa-lr1.5e-3-ema.996": Run("ijepa", {"optim.lr": 1.5e-3, "ijepa.ema": [0.996, 1.0]}),
     "mae-paper": Run("mae", PAPER_MAE),
     "mae-lr4e-3": Run("mae", {"optim.lr": 4e-3}),
     "mae-lr1.5e-3": Run("mae", TUNED_MAE),
