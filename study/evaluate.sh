@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
 #   bash study/evaluate.sh select      # exports the variants, prints the val table (test never read)
-#   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = I-JEPA whitened)
+#   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = the tuned I-JEPA)
 #   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT and AID test, and both directions of
 #                                      # transfer (a model's linear head is only written on its own training data)
 set -euo pipefail
@@ -16,10 +16,17 @@ case ${1:?select, ship or report} in
         done
         python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
             --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
+        # The tuned I-JEPA (VICReg 0.1; its best epoch on val, as pretrain.sh exports it): plain and whitened.
+        if [ -d "$runs/ijepa-vicreg" ]; then
+            [ -d exported/ijepa-vicreg-whiten ] || python -m training export "$runs/ijepa-vicreg" --best --whiten \
+                --out exported/ijepa-vicreg-whiten
+            python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
+                --json study/select-eurosat-val-ijepa-vicreg.json --model exported/ijepa-vicreg exported/ijepa-vicreg-whiten
+        fi
         ;;
     ship)
         # The exports chosen on val into the model registry (assets/models/<name>); `report` then fits their heads.
-        for pair in ijepa-whiten:ijepa mae:mae ijepa-aid:ijepa-aid mae-aid:mae-aid; do
+        for pair in ijepa-vicreg:ijepa mae:mae ijepa-aid:ijepa-aid mae-aid:mae-aid; do
             mkdir -p "assets/models/${pair#*:}"
             cp "exported/${pair%%:*}/encoder.onnx" "exported/${pair%%:*}/model_card.json" "assets/models/${pair#*:}/"
         done
@@ -31,9 +38,10 @@ case ${1:?select, ship or report} in
             --json study/results-aid-models-on-eurosat.json  # EuroSAT's floors: in results-eurosat.json
         python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
-        # The shipped I-JEPA is whitened (chosen on val); its paper embedding (the plain export) keeps its own row.
-        python -m indexing evaluate --model "exported/ijepa" --archive "$eurosat" --no-baselines \
-            --json study/results-eurosat-ijepa-paper-embedding.json
+        # The shipped I-JEPA is the tuned one (VICReg 0.1, chosen on val); the paper's I-JEPA keeps its own rows
+        # (its plain export and its whitened one, which was shipped before the tuned run existed).
+        python -m indexing evaluate --model exported/ijepa exported/ijepa-whiten --archive "$eurosat" --no-baselines \
+            --json study/results-eurosat-ijepa-paper.json
         python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
         ;;
 esac

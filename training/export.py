@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
                   "epochs": round(state["epoch"], 3), "steps": state["step"],
                   "checkpoint": "best online kNN on val" if best else "last",
                   "training_precision": state.get("precision", "fp32"),
+                  # how it was trained: the method's settings (I-JEPA: masks, EMA, regulariser) and the rate
+                  "objective": {**asdict(getattr(config, config.method)), "lr_per_256": config.optim.lr,
+                                "batch_size": config.batch_size},
                   "centre": {"images": len(train), "split": config.data.split,
                              "vector": [round(v, 7) for v in encoder.centre.tolist()]},
                   "whitening": ({"kind": "PCA, regularised (eps = 1e-2 of the top eigenvalue)", "images": len(train),
