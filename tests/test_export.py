@@ -32,6 +32,8 @@ def test_model_card_describes_the_model(exported):
     assert card["embedding_dim"] == 48 and card["token_grid"] == [8, 8]
     assert len(card["normalisation"]["mean"]) == 3 and card["training_data"] == str(archive)
     assert card["epochs"] == 1.0 and "target encoder" in card["pooling"]
+    objective = card["objective"]  # how it was trained: the method's settings and the rate
+    assert objective["regularizer"] == "none" and objective["pred_depth"] == 2 and objective["lr_per_256"] > 0
     assert card["parity"]["max_abs_diff"] <= 1e-4
     assert card["centre"]["images"] == 72 and len(card["centre"]["vector"]) == 48  # the train split
 
