@@ -13,7 +13,7 @@ as the indexed chips) or resized as a whole; :attr:`QueryImage.note` says which.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class UploadError(ValueError):
 class QueryImage:
     """A decoded query: ``image`` float32 [C, S, S] in scaled units for the model, ``display`` uint8 [S, S, 3]
     for people, ``kind`` (JPEG/PNG/TIFF), ``source_size`` (width, height, bands), a ``note`` ('' if none) and
-    the centre ``location`` (lat, lon) of a georeferenced GeoTIFF; ``sha256`` of the file's bytes when it was one."""
+    the centre ``location`` (lat, lon) of a georeferenced GeoTIFF; the file it came from (``source``), when one."""
 
     image: torch.Tensor
     display: np.ndarray
@@ -58,7 +58,13 @@ class QueryImage:
     source_size: tuple[int, int, int]
     note: str = ""
     location: tuple[float, float] | None = None  # (lat, lon) of the centre, EPSG:4326, when known
-    sha256: str | None = None  # the catalogue's hash of a whole-file sample, to recognise the query among the hits
+    source: FileBytes | None = field(default=None, repr=False)  # the upload's bytes, read once
+
+    @property
+    def sha256(self) -> str | None:
+        """The catalogue's hash of a whole-file sample, to recognise the query among the hits (hashed once, and
+        only when asked: archive thumbnails decoded here never need it)."""
+        return self.source.sha256 if self.source is not None else None
 
 
 def read_upload(path: str | Path) -> FileBytes:
@@ -119,7 +125,7 @@ def decode_query(upload: str | Path | FileBytes, card: dict[str, Any], large: st
     except UnreadableImageError as err:
         raise UploadError(f"{upload.path.name} could not be decoded ({err.reason}): the file is corrupt, truncated "
                           "or not an image. Upload it again or choose another tile.") from err
-    decoded.sha256 = upload.sha256
+    decoded.source = upload
     return decoded
 
 

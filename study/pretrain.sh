@@ -8,8 +8,8 @@
 # RESULTS.md), exported from its best online-kNN epoch on val (checkpoint-best/). RESUME=1 continues killed runs
 # with the same command line. Epochs are sized for about equal compute at the measured one-thread speed of each
 # method (EuroSAT: VICReg steps cost ~1.2x the paper's, so 14 epochs against 16; AID: I-JEPA ~22.5, MAE ~41 img/s
-# side by side). On AID (128 px)
-# the online kNN costs 1-2 min per measurement (a full forward of 3,000 images, per encoder), so it is measured
+# side by side).
+# On AID (128 px) the online kNN costs 1-2 min per measurement (a full forward of 3,000 images, per encoder), so it is measured
 # every 4 (I-JEPA) or 8 (MAE) epochs, on 2,000 train / 1,000 val images. The shipped AID runs were started longer
 # and shortened on --resume --epochs to fit the session (I-JEPA 24 -> 22 at epoch 1.2 -> 18 at epoch 9.5; MAE
 # 44 -> 36 at epoch 21.4): their cosine schedules have a step there; these lines rerun them smoothly.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 
@@ -30,9 +31,10 @@ class FileBytes:
         """A fresh binary stream over the bytes (PIL and rasterio both open file objects)."""
         return io.BytesIO(self.data)
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """Hex sha256 of the bytes: the catalogue's ``hash`` of a whole-file sample (``indexing.catalog``)."""
+        """Hex sha256 of the bytes (computed on first use, once): the catalogue's ``hash`` of a whole-file sample
+        (``indexing.catalog.sha256_file``)."""
         return hashlib.sha256(self.data).hexdigest()
 
 
