@@ -69,6 +69,7 @@ def test_one_epoch_writes_checkpoint_metrics_and_knn(archive, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 10))
     assert all({"lr", "images_per_second"} <= set(r) for r in records if "loss" in r)
+    assert all(r["device"] and r["device"] != "cuda" for r in records)  # the hardware by name, in every record
     knn = [r for r in records if "knn_accuracy" in r]
     assert [r["step"] for r in knn] == [0, 9]  # the untrained starting point, then every epoch
     assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in knn)
@@ -142,6 +143,22 @@ def test_two_process_ddp_on_cpu(archive, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 72 // 8  # global batch 8 = 2 ranks x 4
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["device"].endswith(" x2") for r in records)
+
+
+def test_torchrun_with_one_process_joins_its_group(archive, tmp_path):
+    """One GPU runs the same path as eight: under torchrun even a single process joins the process group and
+    trains through DistributedDataParallel."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = ("import torch; from training.distributed import setup_distributed; "
+            "d = setup_distributed(torch.device('cpu')); "
+            "print(d.in_group, d.world, torch.distributed.get_backend())")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
+                             "--master-port", "29518", "--no-python", sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "1", "gloo"]
 
 
 def test_nan_loss_stops_with_a_clear_message(archive, tmp_path):

@@ -11,8 +11,12 @@ import torch.distributed as dist
 
 @dataclass
 class Distributed:
+    """This process's place in data-parallel training; `in_group`: launched by torchrun and joined to its process
+    group (also at world size 1, so one GPU runs the same NCCL + DistributedDataParallel path as eight)."""
+
     rank: int = 0
     world: int = 1
+    in_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -24,13 +28,12 @@ class Distributed:
 
 
 def setup_distributed(device: torch.device) -> Distributed:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """Join the process group when launched by torchrun (which sets LOCAL_RANK), whatever its size."""
+    if "LOCAL_RANK" not in os.environ:
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
+    return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), in_group=True)
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,3 +45,16 @@ def pick_device(name: str) -> torch.device:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware a run trains on, for its metrics: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return device.type

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from training.checkpoint import BEST_DIR, find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict
 from training.data import band_statistics, open_archive
-from training.distributed import pick_device, setup_distributed
+from training.distributed import device_name, pick_device, setup_distributed
 from training.feed import BatchFeed
 from training.learner import Learner, NonFiniteLossError
 from training.monitor import KnnMonitor, init_correlation
@@ -60,6 +60,7 @@ class Trainer:
         self.config = config
         self.device = pick_device(config.device)
         self.dist = setup_distributed(self.device)
+        self.hardware = device_name(self.device) + (f" x{self.dist.world}" if self.dist.world > 1 else "")
         self.show_progress = show_progress and self.dist.main
         torch.manual_seed(config.seed)
 
@@ -181,7 +182,8 @@ class Trainer:
                     rate = window_images / (time.perf_counter() - window_start)
                     record.update(step=self.step, epoch=round(self.step / self.steps_per_epoch, 4),
                                   images_per_second=round(rate, 1), precision=self.learner.precision,
-                                  train_seconds=round(self.train_seconds, 1), threads=torch.get_num_threads())
+                                  train_seconds=round(self.train_seconds, 1), threads=torch.get_num_threads(),
+                                  device=self.hardware)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", img_s=f"{rate:.0f}")
                     if self.dist.main:
                         log.info("step %d/%d loss %.4f lr %.2e %.0f img/s", self.step, total, record["loss"],
@@ -214,7 +216,7 @@ class Trainer:
         epoch = self.step / self.steps_per_epoch
         record = {"step": self.step, "epoch": round(epoch, 4), "images_seen": self.step * self.config.batch_size,
                   "train_seconds": round(self.train_seconds, 1), "threads": torch.get_num_threads(),
-                  **self.monitor.measure(self.model.encoder.vit),
+                  "device": self.hardware, **self.monitor.measure(self.model.encoder.vit),
                   "init_correlation": init_correlation(self.model.encoder.vit, self.initial_encoder)}
         if self.config.method == "ijepa":
             context = self.monitor.measure(self.model.context_encoder.vit)

@@ -50,7 +50,7 @@ class Learner:
                  distributed: Distributed | None = None) -> None:
         self.config = config
         self.device = device
-        self.mean, self.std = mean, std
+        self.mean, self.std = mean.to(device), std.to(device)  # [C] each
         self.dist = distributed or Distributed()
         self.precision = training_precision(config.bf16, device)
         torch.manual_seed(config.seed)  # the initial weights are a function of the config alone
@@ -65,7 +65,7 @@ class Learner:
             self.masks = MultiBlockMaskGenerator(self.model.context_encoder.grid, c.num_targets, c.target_scale,
                                                  c.target_aspect, c.context_scale, c.min_keep)
         self.ddp_model = self.model
-        if self.dist.world > 1:
+        if self.dist.in_group:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -90,10 +90,12 @@ class Learner:
         return loss.float()
 
     def augment(self, raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random resized crops of a raw batch [b, C, H, W], normalised, on the device: [b, C, S, S]."""
+        """Random resized crops of a raw batch [b, C, H, W], normalised, on the device: [b, C, S, S]. The batch
+        moves first (at its stored size), so a GPU resamples it."""
         c = self.config
+        raw = raw.to(self.device, non_blocking=True)
         images = random_resized_crop(raw, c.model.img_size, c.data.crop_scale, gen, hflip=c.data.hflip)
-        return normalize(images, self.mean, self.std).to(self.device, non_blocking=True)
+        return normalize(images, self.mean, self.std)
 
     def train_step(self, raw: torch.Tensor, step: int, total: int, steps_per_epoch: int) -> dict[str, float]:
         """One optimiser step (augment, loss, backward, AdamW, EMA) on a raw batch [b, C, H, W]."""
