@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
-#   bash study/evaluate.sh select      # exports the variants, prints the val table (test never read)
+#   bash study/evaluate.sh select [eurosat|aid]  # exports the variants, prints the val tables (test never read)
 #   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = the tuned I-JEPA)
-#   bash study/evaluate.sh report      # the shipped models + floors on EuroSAT and AID test, and both directions of
+#   bash study/evaluate.sh report [aid]  # the shipped models + floors on EuroSAT and AID test, and both directions of
 #                                      # transfer (a model's linear head is only written on its own training data)
 set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
@@ -10,32 +10,55 @@ aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
 case ${1:?select, ship or report} in
     select)
-        for name in ijepa mae; do
-            [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --out "exported/$name-whiten" --whiten
-            [ -d "exported/$name-last4" ] || python -m training export "$runs/$name" --out "exported/$name-last4" --last-blocks 4
-        done
-        python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
-            --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
-        # The tuned I-JEPA (VICReg 0.1; its best epoch on val, as pretrain.sh exports it): plain and whitened.
-        if [ -d "$runs/ijepa-vicreg" ]; then
-            [ -d exported/ijepa-vicreg-whiten ] || python -m training export "$runs/ijepa-vicreg" --best --whiten \
-                --out exported/ijepa-vicreg-whiten
-            python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
-                --json study/select-eurosat-val-ijepa-vicreg.json --model exported/ijepa-vicreg exported/ijepa-vicreg-whiten
+        only=${2:-}
+        if [ "$only" != aid ]; then
+            for name in ijepa mae; do
+                [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --out "exported/$name-whiten" --whiten
+                [ -d "exported/$name-last4" ] || python -m training export "$runs/$name" --out "exported/$name-last4" --last-blocks 4
+            done
+            python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
+                --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
+            # The tuned I-JEPA (VICReg 0.1; its best epoch on val, as pretrain.sh exports it): plain and whitened.
+            if [ -d "$runs/ijepa-vicreg" ]; then
+                [ -d exported/ijepa-vicreg-whiten ] || python -m training export "$runs/ijepa-vicreg" --best --whiten \
+                    --out exported/ijepa-vicreg-whiten
+                python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
+                    --json study/select-eurosat-val-ijepa-vicreg.json --model exported/ijepa-vicreg exported/ijepa-vicreg-whiten
+            fi
+        fi
+        # AID (AID val against AID train): the paper's I-JEPA, the tuned one (its best epoch on val) and MAE, each
+        # plain and PCA-whitened on AID train.
+        if [ "$only" != eurosat ] && [ -d "$runs/ijepa-vicreg-aid" ]; then
+            for name in ijepa-aid ijepa-vicreg-aid mae-aid; do
+                best=(); [ "$name" = ijepa-vicreg-aid ] && best=(--best)
+                [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" "${best[@]}" --whiten \
+                    --out "exported/$name-whiten"
+            done
+            python -m indexing evaluate --queries val --archive "$aid" --json study/select-aid-val.json \
+                --model exported/ijepa-aid exported/ijepa-aid-whiten exported/ijepa-vicreg-aid \
+                exported/ijepa-vicreg-aid-whiten exported/mae-aid exported/mae-aid-whiten
         fi
         ;;
     ship)
         # The exports chosen on val into the model registry (assets/models/<name>); `report` then fits their heads.
-        for pair in ijepa-vicreg:ijepa mae:mae ijepa-aid:ijepa-aid mae-aid:mae-aid; do
+        # AID: both methods whitened (AID val: mAP@10 18.8 for the paper's I-JEPA whitened vs 18.5 for the tuned one
+        # whitened and 17.2 plain; MAE 30.5 whitened vs 24.0 plain; study/select-aid-val.json).
+        for pair in ijepa-vicreg:ijepa mae:mae ijepa-aid-whiten:ijepa-aid mae-aid-whiten:mae-aid; do
             mkdir -p "assets/models/${pair#*:}"
             cp "exported/${pair%%:*}/encoder.onnx" "exported/${pair%%:*}/model_card.json" "assets/models/${pair#*:}/"
         done
         ;;
     report)
         # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
+        # `report aid` stops after the AID models.
         python -m indexing evaluate --model ijepa-aid mae-aid --archive "$aid" --json study/results-aid.json
+        # Beside the shipped (whitened) AID models, their plain exports (shipped until the AID selection) and the
+        # tuned I-JEPA (plain, its best val epoch), each its own row.
+        python -m indexing evaluate --model exported/ijepa-aid exported/mae-aid exported/ijepa-vicreg-aid \
+            --archive "$aid" --no-baselines --json study/results-aid-variants.json
         python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" --no-baselines \
             --json study/results-aid-models-on-eurosat.json  # EuroSAT's floors: in results-eurosat.json
+        [ "${2:-}" = aid ] && exit 0
         python -m indexing evaluate --model ijepa mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
         # The shipped I-JEPA is the tuned one (VICReg 0.1, chosen on val); the paper's I-JEPA keeps its own rows

@@ -5,7 +5,8 @@
 * `study/figures/compute_curve.png`: online kNN accuracy on the val subset against training core-minutes and
   against images seen, one line per final run, one row per dataset (EuroSAT, AID), from `runs/final/<name>/metrics.jsonl` (written by
   `study/pretrain.sh`), first copied to `study/final/<name>.jsonl` so that the figure can be redrawn from the
-  repository alone.
+  repository alone; on AID also the GPU runs of `study/gpu_aid.sh` (`study/gpu/*-metrics.jsonl`), against images
+  seen.
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
   embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<archive>-<split>.npz`), with the same
@@ -30,6 +31,7 @@ from PIL import Image  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "study" / "figures"
 FINAL = REPO / "study" / "final"
+GPU = REPO / "study" / "gpu"  # study/gpu_aid.sh's metrics, copied from the GPU machine
 METHODS = {"ijepa": "I-JEPA", "mae": "MAE"}
 
 
@@ -68,6 +70,12 @@ def plot_compute_curve() -> Path:
                 if "knn_context" in knn[0]:
                     axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
                               label=f"{path.stem} (context encoder)")
+        if dataset == "AID":  # the GPU runs (ViT-S/16, 224 px): images seen only, core-minutes do not apply
+            for path in sorted(GPU.glob("*-metrics.jsonl")):
+                _, knn = read_metrics(path)
+                name = path.name.removesuffix("-metrics.jsonl")
+                row[1].plot([r["images_seen"] / 1e3 for r in knn], [100 * r["knn_accuracy"] for r in knn], marker="x",
+                            ls=":", label=f"{name} (H200, ViT-S/16)")
         row[0].set(xlabel="core-minutes of training steps", ylabel="kNN20 accuracy on the val subset (%)",
                    title=f"compute curve ({dataset}, CPU)")
         row[1].set(xlabel="thousands of images seen", title=f"{dataset}: the same against images seen")
