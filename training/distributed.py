@@ -26,6 +26,11 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def leave(self) -> None:
+        """Leave the process group at the end of training (NCCL warns of leaked resources otherwise)."""
+        if self.in_group and dist.is_initialized():
+            dist.destroy_process_group()
+
 
 def setup_distributed(device: torch.device) -> Distributed:
     """Join the process group when launched by torchrun (which sets LOCAL_RANK), whatever its size."""

@@ -237,7 +237,10 @@ def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: b
     With `resume`, the run continues from the checkpoint in `out_dir` with the saved config; `epochs` and
     `max_steps` (when given) change its length."""
     trainer = Trainer(config, data_root, out_dir, resume=resume, epochs=epochs, show_progress=show_progress)
-    summary = trainer.fit(max_steps)
+    try:
+        summary = trainer.fit(max_steps)
+    finally:
+        trainer.dist.leave()
     if trainer.dist.main:
         log.info("done: %d steps (%.2f epochs) in %.0f s, %.0f img/s, %d unreadable files skipped",
                  summary["step"], summary["epochs"], summary["seconds"], summary["images_per_second"],
