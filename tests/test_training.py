@@ -147,16 +147,16 @@ def test_two_process_ddp_on_cpu(archive, tmp_path):
     assert all(r["device"].endswith(" x2") for r in records)
 
 
-def test_torchrun_with_one_process_joins_its_group(archive, tmp_path):
+def test_torchrun_with_one_process_joins_its_group():
     """One GPU runs the same path as eight: under torchrun even a single process joins the process group and
     trains through DistributedDataParallel."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = ("import torch; from training.distributed import setup_distributed; "
             "d = setup_distributed(torch.device('cpu')); "
             "print(d.in_group, d.world, torch.distributed.get_backend())")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
-                             "--master-port", "29518", "--no-python", sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port",
+                             "29518", "--no-python", sys.executable, "-c", code],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "1", "gloo"]
 

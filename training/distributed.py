@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from training.precision import cpuinfo_values
+
 
 @dataclass
 class Distributed:
@@ -56,10 +58,4 @@ def device_name(device: torch.device) -> str:
     """The hardware a run trains on, for its metrics: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return device.type
+    return next(iter(cpuinfo_values("model name")), device.type)

@@ -20,12 +20,18 @@ BF16 = "bf16"
 FP32 = "fp32"
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo_values(key: str) -> list[str]:
+    """The values of `key` ("flags", "model name", ...) in /proc/cpuinfo, one per processor; [] where it is absent."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return []
+    return [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if ":" in line and line.split(":", 1)[0].strip() == key]
+
+
+def _cpu_flags() -> set[str]:
+    return {flag for flags in cpuinfo_values("flags") for flag in flags.split()}
 
 
 def native_bf16(device: torch.device) -> bool:
