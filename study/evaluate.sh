@@ -8,9 +8,30 @@ set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
+budget=${BUDGET:-shipped}  # as in study/pretrain.sh: the shipped runs, or those at 150 core-minutes (<run>-150[-aid])
+
+select_runs() {  # archive json run...: each run as pretrain.sh exported it and PCA-whitened on its training split
+    local archive=$1 json=$2 models=() best
+    shift 2
+    for name in "$@"; do
+        [ -d "$runs/$name" ] || { echo "no run $runs/$name (train it with study/pretrain.sh): left out" >&2; continue; }
+        best=(); [[ $name == ijepa-vicreg* ]] && best=(--best)
+        [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" "${best[@]}" --whiten \
+            --out "exported/$name-whiten"
+        models+=("exported/$name" "exported/$name-whiten")
+    done
+    python -m indexing evaluate --queries val --archive "$archive" --no-baselines --json "$json" --model "${models[@]}"
+}
+
 case ${1:?select, ship or report} in
     select)
         only=${2:-}
+        if [ "$budget" = 150 ]; then  # the paper's I-JEPA, the tuned one and MAE; the floors are in the shipped tables
+            [ "$only" != aid ] && select_runs "$eurosat" study/select-eurosat-150-val.json ijepa-150 ijepa-vicreg-150 mae-150
+            [ "$only" != eurosat ] && select_runs "$aid" study/select-aid-150-val.json ijepa-150-aid \
+                ijepa-vicreg-150-aid mae-150-aid
+            exit 0
+        fi
         if [ "$only" != aid ]; then
             for name in ijepa mae; do
                 [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --out "exported/$name-whiten" --whiten

@@ -41,6 +41,13 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if "loss" in r], [r for r in records if "knn_accuracy" in r]
 
 
+def gpu_name(record: dict) -> str | None:
+    """The GPU a run trained on (metrics name a CUDA device by its GPU name: training.distributed.device_name), or
+    None for the CPU; core-minutes apply to CPU runs only."""
+    device = record.get("device", "")
+    return device if device.startswith("NVIDIA") else None
+
+
 def collect_final(runs: Path) -> list[Path]:
     """Copy each final run's metrics (runs/<name>/metrics.jsonl) to study/final/<name>.jsonl."""
     FINAL.mkdir(parents=True, exist_ok=True)
@@ -63,10 +70,15 @@ def plot_compute_curve() -> Path:
             knn = [r for r in knn if "train_seconds" in r]
             if not knn or not belongs(path.stem):
                 continue
+            gpu = gpu_name(knn[-1])
+            label = f"{path.stem} ({gpu}, the CPU config)" if gpu else path.stem
             minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
             seen = [r["images_seen"] / 1e3 for r in knn]
             for axis, x in zip(row, (minutes, seen)):
-                line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=path.stem)
+                if gpu and axis is row[0]:
+                    continue
+                line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=label,
+                                  ls="-." if gpu else "-")
                 if "knn_context" in knn[0]:
                     axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
                               label=f"{path.stem} (context encoder)")
@@ -190,9 +202,11 @@ def final_runs_table() -> list[str]:
             continue
         last, best = knn[-1], max(knn, key=lambda r: r["knn_accuracy"])
         context = f"{100 * last['knn_context']:.1f}" if "knn_context" in last else "—"
-        lines.append(f"| {path.stem} | {last['epoch']:g} | {last['images_seen']:,} | "
-                     f"{last['train_seconds'] * last['threads'] / 60:.1f} | {100 * last['knn_accuracy']:.1f} "
-                     f"({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | {context} | "
+        gpu = gpu_name(last)
+        compute = f"— ({gpu}: {last['train_seconds'] / 60:.1f} min)" if gpu else \
+            f"{last['train_seconds'] * last['threads'] / 60:.1f}"
+        lines.append(f"| {path.stem} | {last['epoch']:g} | {last['images_seen']:,} | {compute} | "
+                     f"{100 * last['knn_accuracy']:.1f} ({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | {context} | "
                      f"{last['effective_rank']:.1f} | {last['top_share']:.2f} | {last['init_correlation']:.2f} |")
     return lines
 

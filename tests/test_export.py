@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from indexing.testing import write_archive
+from training.distributed import device_name
 from training.encoder import ExportedEncoder
 from training.engine import pretrain
 from training.export import export_run, load_run_encoder
@@ -32,6 +33,7 @@ def test_model_card_describes_the_model(exported):
     assert card["embedding_dim"] == 48 and card["token_grid"] == [8, 8]
     assert len(card["normalisation"]["mean"]) == 3 and card["training_data"] == str(archive)
     assert card["epochs"] == 1.0 and "target encoder" in card["pooling"]
+    assert card["training_device"] == device_name(torch.device("cpu"))  # the hardware it was trained on
     objective = card["objective"]  # how it was trained: the method's settings and the rate
     assert objective["regularizer"] == "none" and objective["pred_depth"] == 2 and objective["lr_per_256"] > 0
     assert card["parity"]["max_abs_diff"] <= 1e-4

@@ -112,7 +112,8 @@ class Trainer:
             state = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "skipped": self.skipped,
                      "train_seconds": self.train_seconds, "best_knn": self.best_knn,
                      "config": self.config.to_dict(), "max_steps": max_steps, "method": self.config.method,
-                     "precision": self.learner.precision, "data_root": self.data_root}
+                     "precision": self.learner.precision, "data_root": self.data_root,
+                     "device": self.hardware}
             save_checkpoint(self.out_dir, self.model, self.optimizer, state)
             if best:
                 save_checkpoint(self.out_dir, self.model, None, state, name=BEST_DIR)

@@ -152,6 +152,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
                   "epochs": round(state["epoch"], 3), "steps": state["step"],
                   "checkpoint": "best online kNN on val" if best else "last",
                   "training_precision": state.get("precision", "fp32"),
+                  "training_device": state.get("device"),  # the CPU's or GPU's name; None before runs recorded it
                   # how it was trained: the method's settings (I-JEPA: masks, EMA, regulariser) and the rate
                   "objective": json.loads(json.dumps({**asdict(getattr(config, config.method)),
                                                       "lr_per_256": config.optim.lr, "batch_size": config.batch_size})),
