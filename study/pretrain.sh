@@ -4,6 +4,7 @@
 # Run from the repository root:
 #   bash study/pretrain.sh eurosat mae ijepa ijepa_vicreg    # and: bash study/pretrain.sh aid mae ijepa
 #   BUDGET=150 bash study/pretrain.sh eurosat mae ijepa_vicreg   # the same runs at 150 core-minutes each
+#   BUDGET=300 bash study/pretrain.sh aid mae ijepa_vicreg        # AID at twice that (run on a GPU, RESULTS.md)
 # (no method = mae and ijepa). `ijepa` is the paper's I-JEPA (its own row everywhere); `ijepa_vicreg` the tuned
 # one: the sweep's winner on val after its full 3 epochs (VICReg weight 0.1, lr 1.5e-3 per 256, EMA 0.99 -> 1;
 # RESULTS.md), exported from its best online-kNN epoch on val (checkpoint-best/). RESUME=1 continues killed runs
@@ -30,7 +31,11 @@ case $dataset:$budget in
              ijepa_epochs=52; vicreg_epochs=48; mae_epochs=94; ijepa_monitor=2; mae_monitor=4 ;;
     aid:150) data=${DATA:-../shared/data/aid}; config=study_final_aid; suffix="-150-aid"
          ijepa_epochs=26; vicreg_epochs=26; mae_epochs=54; ijepa_monitor=4; mae_monitor=8 ;;
-    *) echo "unknown dataset or budget $dataset:$budget: eurosat or aid, BUDGET=shipped or 150" >&2; exit 2 ;;
+    # AID at twice the budget (an extra row for the compute curve; run on a GPU: DATA=<a copy of AID> there)
+    aid:300) data=${DATA:-../shared/data/aid}; config=study_final_aid; suffix="-300-aid"
+         ijepa_epochs=52; vicreg_epochs=52; mae_epochs=108; ijepa_monitor=4; mae_monitor=8 ;;
+    *) echo "unknown dataset or budget $dataset:$budget: eurosat or aid, BUDGET=shipped or 150 (aid: also 300)" >&2
+       exit 2 ;;
 esac
 runs=${RUNS:-runs/final}
 mkdir -p "$runs"
