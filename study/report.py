@@ -65,11 +65,13 @@ def plot_compute_curve() -> Path:
     datasets = {"EuroSAT": lambda stem: not stem.endswith("-aid"), "AID": lambda stem: stem.endswith("-aid")}
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
     for row, (dataset, belongs) in zip(axes, datasets.items()):
-        for path in sorted(FINAL.glob("*.jsonl")):
+        runs = [path for path in sorted(FINAL.glob("*.jsonl")) if belongs(path.stem)]
+        for index, path in enumerate(runs):
             _, knn = read_metrics(path)
             knn = [r for r in knn if "train_seconds" in r]
-            if not knn or not belongs(path.stem):
+            if not knn:
                 continue
+            color = plt.cm.tab20(index % 20)  # one colour per run in both panels
             gpu = gpu_name(knn[-1])
             label = f"{path.stem} ({gpu}, the CPU config)" if gpu else path.stem
             minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
@@ -77,10 +79,10 @@ def plot_compute_curve() -> Path:
             for axis, x in zip(row, (minutes, seen)):
                 if gpu and axis is row[0]:
                     continue
-                line, = axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=label,
-                                  ls="-." if gpu else "-")
+                axis.plot(x, [100 * r["knn_accuracy"] for r in knn], marker=".", label=label, color=color,
+                          ls="-." if gpu else "-")
                 if "knn_context" in knn[0]:
-                    axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=line.get_color(), lw=1,
+                    axis.plot(x, [100 * r["knn_context"] for r in knn], ls="--", color=color, lw=1,
                               label=f"{path.stem} (context encoder)")
         if dataset == "AID":  # the GPU runs (ViT-S/16, 224 px): images seen only, core-minutes do not apply
             for path in sorted(GPU.glob("*-metrics.jsonl")):
