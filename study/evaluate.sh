@@ -4,6 +4,8 @@
 #   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = the tuned I-JEPA)
 #   bash study/evaluate.sh report [aid]  # the shipped models + floors on EuroSAT and AID test, and both directions of
 #                                      # transfer (a model's linear head is only written on its own training data)
+# BUDGET=150 does the same for the 150-core-minute runs (<run>-150[-aid]; what is shipped now); `ship` and `report`
+# then also take `aid` or `eurosat` (one dataset's models).
 set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
@@ -20,14 +22,16 @@ select_runs() {  # archive json run...: each run as pretrain.sh exported it and 
             --out "exported/$name-whiten"
         models+=("exported/$name" "exported/$name-whiten")
     done
-    python -m indexing evaluate --queries val --archive "$archive" --no-baselines --json "$json" --model "${models[@]}"
+    python -m indexing evaluate --queries val --archive "$archive" --no-baselines --json "$json" \
+        --model "${models[@]}"
 }
 
 case ${1:?select, ship or report} in
     select)
         only=${2:-}
         if [ "$budget" = 150 ]; then  # the paper's I-JEPA, the tuned one and MAE; the floors are in the shipped tables
-            [ "$only" != aid ] && select_runs "$eurosat" study/select-eurosat-150-val.json ijepa-150 ijepa-vicreg-150 mae-150
+            [ "$only" != aid ] && select_runs "$eurosat" study/select-eurosat-150-val.json ijepa-150 \
+                ijepa-vicreg-150 mae-150
             [ "$only" != eurosat ] && select_runs "$aid" study/select-aid-150-val.json ijepa-150-aid \
                 ijepa-vicreg-150-aid mae-150-aid
             exit 0
@@ -82,7 +86,7 @@ case ${1:?select, ship or report} in
         ;;
     report)
         # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
-        # `report aid` stops after the AID models. Floors: in the shipped budget's tables (the same test splits).
+        # `report aid` stops after the AID models. At 150 AID's floors are those of study/results-aid.json (same split).
         if [ "$budget" = 150 ]; then
             if [ "${2:-}" != eurosat ]; then
                 # the shipped models, beside the paper's embedding of both runs and the tuned I-JEPA (its variant
@@ -95,7 +99,7 @@ case ${1:?select, ship or report} in
             [ "${2:-}" = aid ] && exit 0
             python -m indexing evaluate --model ijepa mae --archive "$aid" --no-baselines \
                 --json study/results-eurosat-150-models-on-aid.json
-            # the shipped models beside MAE's plain embedding (the paper's) and the tuned I-JEPA whitened, and the floors
+            # the shipped models beside MAE's plain embedding (the paper's), the tuned I-JEPA whitened, the floors
             python -m indexing evaluate --model ijepa mae exported/mae-150 exported/ijepa-vicreg-150-whiten \
                 --archive "$eurosat" --json study/results-eurosat-150.json
             exit 0

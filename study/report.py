@@ -208,8 +208,8 @@ def final_runs_table() -> list[str]:
         compute = f"— ({gpu}: {last['train_seconds'] / 60:.1f} min)" if gpu else \
             f"{last['train_seconds'] * last['threads'] / 60:.1f}"
         lines.append(f"| {path.stem} | {last['epoch']:g} | {last['images_seen']:,} | {compute} | "
-                     f"{100 * last['knn_accuracy']:.1f} ({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | {context} | "
-                     f"{last['effective_rank']:.1f} | {last['top_share']:.2f} | {last['init_correlation']:.2f} |")
+                     f"{100 * last['knn_accuracy']:.1f} ({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | "
+                     f"{context} | {last['effective_rank']:.1f} | {last['top_share']:.2f} | {last['init_correlation']:.2f} |")
     return lines
 
 
