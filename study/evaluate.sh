@@ -12,18 +12,24 @@ aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
 budget=${BUDGET:-shipped}  # as in study/pretrain.sh: the shipped runs, or those at 150 core-minutes (<run>-150[-aid])
 
-select_runs() {  # archive json run...: each run as pretrain.sh exported it and PCA-whitened on its training split
-    local archive=$1 json=$2 models=() best
+select_runs() {  # [--baselines] archive json run...: each run as pretrain.sh exported it, and PCA-whitened on its
+    # training split, on val (with --baselines the floors too)
+    local floors=(--no-baselines) models=() best
+    [ "$1" = --baselines ] && { floors=(); shift; }
+    local archive=$1 json=$2
     shift 2
     for name in "$@"; do
-        [ -d "$runs/$name" ] || { echo "no run $runs/$name (train it with study/pretrain.sh): left out" >&2; continue; }
+        if [ ! -d "exported/$name" ]; then  # study/pretrain.sh exports a run when it has finished
+            echo "no exported/$name (train $runs/$name to the end with study/pretrain.sh): left out" >&2
+            continue
+        fi
         best=(); [[ $name == ijepa-vicreg* ]] && best=(--best)
         [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" "${best[@]}" --whiten \
             --out "exported/$name-whiten"
         models+=("exported/$name" "exported/$name-whiten")
     done
-    python -m indexing evaluate --queries val --archive "$archive" --no-baselines --json "$json" \
-        --model "${models[@]}"
+    [ ${#models[@]} -gt 0 ] || return 0
+    python -m indexing evaluate --queries val --archive "$archive" "${floors[@]}" --json "$json" --model "${models[@]}"
 }
 
 case ${1:?select, ship or report} in
@@ -44,24 +50,12 @@ case ${1:?select, ship or report} in
             python -m indexing evaluate --queries val --archive "$eurosat" --json study/select-eurosat-val.json \
                 --model exported/ijepa exported/ijepa-whiten exported/ijepa-last4 exported/mae exported/mae-whiten exported/mae-last4
             # The tuned I-JEPA (VICReg 0.1; its best epoch on val, as pretrain.sh exports it): plain and whitened.
-            if [ -d "$runs/ijepa-vicreg" ]; then
-                [ -d exported/ijepa-vicreg-whiten ] || python -m training export "$runs/ijepa-vicreg" --best --whiten \
-                    --out exported/ijepa-vicreg-whiten
-                python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
-                    --json study/select-eurosat-val-ijepa-vicreg.json --model exported/ijepa-vicreg exported/ijepa-vicreg-whiten
-            fi
+            select_runs "$eurosat" study/select-eurosat-val-ijepa-vicreg.json ijepa-vicreg
         fi
         # AID (AID val against AID train): the paper's I-JEPA, the tuned one (its best epoch on val) and MAE, each
         # plain and PCA-whitened on AID train.
-        if [ "$only" != eurosat ] && [ -d "$runs/ijepa-vicreg-aid" ]; then
-            for name in ijepa-aid ijepa-vicreg-aid mae-aid; do
-                best=(); [ "$name" = ijepa-vicreg-aid ] && best=(--best)
-                [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" "${best[@]}" --whiten \
-                    --out "exported/$name-whiten"
-            done
-            python -m indexing evaluate --queries val --archive "$aid" --json study/select-aid-val.json \
-                --model exported/ijepa-aid exported/ijepa-aid-whiten exported/ijepa-vicreg-aid \
-                exported/ijepa-vicreg-aid-whiten exported/mae-aid exported/mae-aid-whiten
+        if [ "$only" != eurosat ]; then
+            select_runs --baselines "$aid" study/select-aid-val.json ijepa-aid ijepa-vicreg-aid mae-aid
         fi
         ;;
     ship)
