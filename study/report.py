@@ -36,8 +36,16 @@ METHODS = {"ijepa": "I-JEPA", "mae": "MAE"}
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """(loss records, monitor records) of a metrics.jsonl file."""
+    """(loss records, monitor records) of a metrics.jsonl file. Records with training time also get
+    ``core_minutes``: the compute so far, each stretch of training seconds times the threads that ran it (a run
+    resumed with another thread count counts each part at its own)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    core_seconds, previous = 0.0, 0.0
+    for record in records:
+        if "train_seconds" in record:
+            core_seconds += (record["train_seconds"] - previous) * record["threads"]
+            previous = record["train_seconds"]
+            record["core_minutes"] = core_seconds / 60
     return [r for r in records if "loss" in r], [r for r in records if "knn_accuracy" in r]
 
 
@@ -74,7 +82,7 @@ def plot_compute_curve() -> Path:
             color = plt.cm.tab20(index % 20)  # one colour per run in both panels
             gpu = gpu_name(knn[-1])
             label = f"{path.stem} ({gpu}, the CPU config)" if gpu else path.stem
-            minutes = [r["train_seconds"] * r["threads"] / 60 for r in knn]
+            minutes = [r["core_minutes"] for r in knn]
             seen = [r["images_seen"] / 1e3 for r in knn]
             for axis, x in zip(row, (minutes, seen)):
                 if gpu and axis is row[0]:
@@ -206,7 +214,7 @@ def final_runs_table() -> list[str]:
         context = f"{100 * last['knn_context']:.1f}" if "knn_context" in last else "—"
         gpu = gpu_name(last)
         compute = f"— ({gpu}: {last['train_seconds'] / 60:.1f} min)" if gpu else \
-            f"{last['train_seconds'] * last['threads'] / 60:.1f}"
+            f"{last['core_minutes']:.1f}"
         lines.append(f"| {path.stem} | {last['epoch']:g} | {last['images_seen']:,} | {compute} | "
                      f"{100 * last['knn_accuracy']:.1f} ({100 * best['knn_accuracy']:.1f}, {best['epoch']:g}) | "
                      f"{context} | {last['effective_rank']:.1f} | {last['top_share']:.2f} | {last['init_correlation']:.2f} |")
