@@ -3,7 +3,7 @@
 # at about equal compute on the CPU (one thread each, two side by side), each run exported after training.
 # Run from the repository root:
 #   bash study/pretrain.sh eurosat mae ijepa ijepa_vicreg    # and: bash study/pretrain.sh aid mae ijepa
-#   BUDGET=150 bash study/pretrain.sh eurosat mae ijepa_vicreg   # the same runs at 150 core-minutes each
+#   BUDGET=150 bash study/pretrain.sh eurosat mae ijepa_vicreg ijepa  # the three at 150 core-minutes each
 #   BUDGET=300 bash study/pretrain.sh aid mae ijepa_vicreg        # AID at twice that (run on a GPU, RESULTS.md)
 # (no method = mae and ijepa). `ijepa` is the paper's I-JEPA (its own row everywhere); `ijepa_vicreg` the tuned
 # one: the sweep's winner on val after its full 3 epochs (VICReg weight 0.1, lr 1.5e-3 per 256, EMA 0.99 -> 1;
