@@ -3,10 +3,11 @@
     python study/report.py [--runs runs/final] [--features index] [--archive ../shared/data/eurosat-rgb]
 
 * `study/figures/compute_curve.png`: online kNN accuracy on the val subset against training core-minutes and
-  against images seen, one line per final run, one row per dataset (EuroSAT, AID), from `runs/final/<name>/metrics.jsonl` (written by
-  `study/pretrain.sh`), first copied to `study/final/<name>.jsonl` so that the figure can be redrawn from the
-  repository alone; on AID also the GPU runs of `study/gpu_aid.sh` (`study/gpu/*-metrics.jsonl`), against images
-  seen.
+  against images seen, one line per final run, one row per dataset (EuroSAT, AID: names ending in `-aid`), from
+  `runs/final/<name>/metrics.jsonl` (written by `study/pretrain.sh`), first copied to `study/final/<name>.jsonl` so
+  that the figure can be redrawn from the repository alone; every file in `study/final/` is drawn, so a run from
+  another checkout (the CPU rerun `mae-150-cpu-check-aid`, RESULTS.md) is added by copying its metrics there. On AID
+  also the GPU runs of `study/gpu_aid.sh` (`study/gpu/*-metrics.jsonl`), against images seen.
 * `study/figures/queries.png`: example test-split queries with each model's top-5 train-split neighbours, and
   `study/figures/embedding_map.png`: a t-SNE map of the test embeddings coloured by class. Both read the
   embeddings cached by `python -m indexing evaluate` (`<features>/<model>/features-<archive>-<split>.npz`), with the same
