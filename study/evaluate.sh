@@ -2,15 +2,17 @@
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
 #   bash study/evaluate.sh select [eurosat|aid]  # exports the variants, prints the val tables (test never read)
 #   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = the tuned I-JEPA)
-#   bash study/evaluate.sh report [aid]  # the shipped models + floors on EuroSAT and AID test, and both directions of
-#                                      # transfer (a model's linear head is only written on its own training data)
-# BUDGET=150 does the same for the 150-core-minute runs (<run>-150[-aid]; what is shipped now); `ship` and `report`
-# then also take `aid` or `eurosat` (one dataset's models).
+#   bash study/evaluate.sh report [aid]  # the chosen models + floors on EuroSAT and AID test, and both directions of
+#                                      # transfer (a shipped model's linear head is only written on its own training
+#                                      # data)
+# BUDGET=150 does the same for the 150-core-minute runs (<run>-150[-aid]); `ship` and `report` then also take `aid`
+# or `eurosat` (one dataset's models). BUDGET=300: AID's runs at twice that (<run>-300-aid). Shipped now: EuroSAT's
+# models from the 150 runs (`BUDGET=150 ... ship eurosat`), AID's from the 300 runs (`BUDGET=300 ... ship`).
 set -euo pipefail
 eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
-budget=${BUDGET:-shipped}  # as in study/pretrain.sh: the shipped runs, or those at 150 core-minutes (<run>-150[-aid])
+budget=${BUDGET:-first}  # as in study/pretrain.sh: the first final runs, or those at 150 (or on AID 300) core-minutes
 
 select_runs() {  # [--baselines] archive json run...: each run as pretrain.sh exported it, and PCA-whitened on its
     # training split, on val (with --baselines the floors too)
@@ -35,6 +37,10 @@ select_runs() {  # [--baselines] archive json run...: each run as pretrain.sh ex
 case ${1:?select, ship or report} in
     select)
         only=${2:-}
+        if [ "$budget" = 300 ]; then  # AID at twice the budget (trained on a GPU): the same three runs
+            select_runs "$aid" study/select-aid-300-val.json ijepa-300-aid ijepa-vicreg-300-aid mae-300-aid
+            exit 0
+        fi
         if [ "$budget" = 150 ]; then  # the paper's I-JEPA, the tuned one and MAE; the floors are in the shipped tables
             [ "$only" != aid ] && select_runs "$eurosat" study/select-eurosat-150-val.json ijepa-150 \
                 ijepa-vicreg-150 mae-150
@@ -61,7 +67,11 @@ case ${1:?select, ship or report} in
     ship)
         # The exports chosen on val into the model registry (assets/models/<name>); `report` then fits their heads.
         # `ship aid` / `ship eurosat`: one dataset's models only.
-        if [ "$budget" = 150 ]; then
+        if [ "$budget" = 300 ]; then
+            # AID (study/select-aid-300-val.json, mAP@10): the tuned I-JEPA plain (30.1 vs 29.6 whitened; the paper's
+            # at 300 whitened 26.0), MAE whitened (38.0 vs 30.0 plain), each above its 150 run's choice (22.1, 31.3)
+            pairs=(ijepa-vicreg-300-aid:ijepa-aid mae-300-aid-whiten:mae-aid)
+        elif [ "$budget" = 150 ]; then
             # EuroSAT (study/select-eurosat-150-val.json, mAP@10): the tuned I-JEPA plain (77.0 vs 76.3 whitened),
             # MAE whitened (78.1 vs 77.9 plain). AID (study/select-aid-150-val.json): the paper's I-JEPA whitened
             # (22.1; the tuned one whitened 21.5, plain 21.0), MAE whitened (31.3 vs 23.3 plain).
@@ -80,15 +90,25 @@ case ${1:?select, ship or report} in
         ;;
     report)
         # AID first, EuroSAT last: study/report.py reads the EuroSAT features cached by the last evaluation.
-        # `report aid` stops after the AID models. At 150 AID's floors are those of study/results-aid.json (same split).
+        # `report aid` stops after the AID models. At 150 and 300 AID's floors are those of study/results-aid.json
+        # (same split).
+        if [ "$budget" = 300 ]; then  # AID only: the shipped models, beside the paper's I-JEPA (plain: the paper's
+            # embedding; whitened: its variant chosen on val) and MAE's plain embedding, each its own row
+            python -m indexing evaluate --model ijepa-aid mae-aid exported/ijepa-300-aid exported/ijepa-300-aid-whiten \
+                exported/mae-300-aid --archive "$aid" --no-baselines --json study/results-aid-300.json
+            python -m indexing evaluate --model ijepa-aid mae-aid exported/ijepa-300-aid-whiten --archive "$eurosat" \
+                --no-baselines --json study/results-aid-300-models-on-eurosat.json
+            exit 0
+        fi
         if [ "$budget" = 150 ]; then
             if [ "${2:-}" != eurosat ]; then
-                # the shipped models, beside the paper's embedding of both runs and the tuned I-JEPA (its variant
-                # chosen on val: whitened), each its own row
-                python -m indexing evaluate --model ijepa-aid mae-aid exported/ijepa-150-aid exported/mae-150-aid \
-                    exported/ijepa-vicreg-150-aid-whiten --archive "$aid" --no-baselines --json study/results-aid-150.json
-                python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" --no-baselines \
-                    --json study/results-aid-150-models-on-eurosat.json
+                # the variants chosen on val (shipped as ijepa-aid / mae-aid until the 300 runs), beside the paper's
+                # embedding of both runs and the tuned I-JEPA (its variant chosen on val: whitened), each its own row
+                python -m indexing evaluate --model exported/ijepa-150-aid-whiten exported/mae-150-aid-whiten \
+                    exported/ijepa-150-aid exported/mae-150-aid exported/ijepa-vicreg-150-aid-whiten --archive "$aid" \
+                    --no-baselines --json study/results-aid-150.json
+                python -m indexing evaluate --model exported/ijepa-150-aid-whiten exported/mae-150-aid-whiten \
+                    --archive "$eurosat" --no-baselines --json study/results-aid-150-models-on-eurosat.json
                 # the third AID run on EuroSAT: the tuned I-JEPA, its variant chosen on AID val
                 python -m indexing evaluate --model exported/ijepa-vicreg-150-aid-whiten --archive "$eurosat" \
                     --no-baselines --json study/results-aid-150-ijepa-tuned-on-eurosat.json
@@ -107,20 +127,23 @@ case ${1:?select, ship or report} in
                 --archive "$eurosat" --json study/results-eurosat-150.json
             exit 0
         fi
-        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$aid" --json study/results-aid.json
-        # Beside the shipped (whitened) AID models, their plain exports (shipped until the AID selection) and the
-        # tuned I-JEPA (plain, its best val epoch), each its own row.
+        # The first final runs (shipped until the 150 runs): AID's whitened exports, chosen on AID val.
+        python -m indexing evaluate --model exported/ijepa-aid-whiten exported/mae-aid-whiten --archive "$aid" \
+            --json study/results-aid.json
+        # Beside them, their plain exports (shipped until the AID selection) and the tuned I-JEPA (plain, its best val
+        # epoch), each its own row.
         python -m indexing evaluate --model exported/ijepa-aid exported/mae-aid exported/ijepa-vicreg-aid \
             --archive "$aid" --no-baselines --json study/results-aid-variants.json
-        python -m indexing evaluate --model ijepa-aid mae-aid --archive "$eurosat" --no-baselines \
-            --json study/results-aid-models-on-eurosat.json  # EuroSAT's floors: in results-eurosat.json
+        python -m indexing evaluate --model exported/ijepa-aid-whiten exported/mae-aid-whiten --archive "$eurosat" \
+            --no-baselines --json study/results-aid-models-on-eurosat.json  # EuroSAT's floors: in results-eurosat.json
         [ "${2:-}" = aid ] && exit 0
-        python -m indexing evaluate --model ijepa mae --archive "$aid" \
+        # EuroSAT's: the tuned I-JEPA (VICReg 0.1, chosen on val) and MAE, both plain; the paper's I-JEPA keeps its
+        # own rows (its plain export and its whitened one, which was shipped before the tuned run existed).
+        python -m indexing evaluate --model exported/ijepa-vicreg exported/mae --archive "$aid" \
             --json study/results-eurosat-models-on-aid.json
-        # The shipped I-JEPA is the tuned one (VICReg 0.1, chosen on val); the paper's I-JEPA keeps its own rows
-        # (its plain export and its whitened one, which was shipped before the tuned run existed).
         python -m indexing evaluate --model exported/ijepa exported/ijepa-whiten --archive "$eurosat" --no-baselines \
             --json study/results-eurosat-ijepa-paper.json
-        python -m indexing evaluate --model ijepa mae --archive "$eurosat" --json study/results-eurosat.json
+        python -m indexing evaluate --model exported/ijepa-vicreg exported/mae --archive "$eurosat" \
+            --json study/results-eurosat.json
         ;;
 esac
