@@ -72,7 +72,7 @@ def plot_compute_curve() -> Path:
     """Val kNN of the exported encoder (I-JEPA: target encoder; dashed: context encoder) against core-minutes
     of training steps and against images seen; one row per dataset (runs named ``*-aid`` trained on AID)."""
     datasets = {"EuroSAT": lambda stem: not stem.endswith("-aid"), "AID": lambda stem: stem.endswith("-aid")}
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(16, 4.6 * len(datasets)), squeeze=False)
     for row, (dataset, belongs) in zip(axes, datasets.items()):
         runs = [path for path in sorted(FINAL.glob("*.jsonl")) if belongs(path.stem)]
         for index, path in enumerate(runs):
@@ -102,7 +102,7 @@ def plot_compute_curve() -> Path:
         row[0].set(xlabel="core-minutes of training steps", ylabel="kNN20 accuracy on the val subset (%)",
                    title=f"compute curve ({dataset}, CPU)")
         row[1].set(xlabel="thousands of images seen", title=f"{dataset}: the same against images seen")
-        row[1].legend(fontsize=7)
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves, not on them
     fig.tight_layout()
     path = FIGURES / "compute_curve.png"
     fig.savefig(path, dpi=110)
