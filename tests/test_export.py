@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -70,6 +71,19 @@ def test_exported_encoder_resizes_and_checks_bands(exported):
     assert runtime.embed(torch.rand(2, 3, 100, 80)).shape == (2, 48)
     with pytest.raises(ValueError, match="takes 3 bands"):
         runtime.embed(torch.rand(1, 4, 64, 64))
+
+
+def test_onnx_runtime_threads_follow_omp_num_threads_unless_given(exported, monkeypatch):
+    root = exported[0]
+
+    def intra_op_threads(**kwargs) -> int:
+        return ExportedEncoder(root / "exported", **kwargs).session.get_session_options().intra_op_num_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert intra_op_threads() == 1  # e.g. an evaluation sharing the machine with a one-thread training run
+    assert intra_op_threads(threads=2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert intra_op_threads() == min(os.cpu_count() or 1, 8)
 
 
 def test_export_on_real_eurosat_images(shared_data, tmp_path):
