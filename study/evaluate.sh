@@ -82,10 +82,15 @@ case ${1:?select, ship or report} in
             pairs=(ijepa-vicreg:ijepa mae:mae ijepa-aid-whiten:ijepa-aid mae-aid-whiten:mae-aid)
         fi
         for pair in "${pairs[@]}"; do
-            dataset=eurosat; [[ ${pair#*:} == *-aid ]] && dataset=aid
+            dataset=eurosat archive=$eurosat; [[ ${pair#*:} == *-aid ]] && dataset=aid archive=$aid
             [ -z "${2:-}" ] || [ "$2" = "$dataset" ] || continue
             mkdir -p "assets/models/${pair#*:}"
             cp "exported/${pair%%:*}/encoder.onnx" "exported/${pair%%:*}/model_card.json" "assets/models/${pair#*:}/"
+            # A run trained on a GPU machine names that machine's copy of the archive (/tmp/aid): the card names the
+            # archive here instead (the same files), so that `report` recognises it and writes the linear head.
+            python -c 'import json, sys; path = sys.argv[1]; card = json.load(open(path))
+card["training_data"] = sys.argv[2]; open(path, "w").write(json.dumps(card, indent=1))' \
+                "assets/models/${pair#*:}/model_card.json" "$archive"
         done
         ;;
     report)
