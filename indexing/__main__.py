@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", choices=["test", "val"], default="test",
                           help="query split: test (report once) or val (model selection: the test split is not "
                                "read, the linear probe is fitted with C = 1, not tuned)")
+    evaluate.add_argument("--label-fractions", type=float, nargs="+", metavar="F",
+                          help="also score every row with a stratified fraction F of the train labels (>= 1 per "
+                               "class; 3 seeds, mean ± sd), e.g. 0.01 0.1 1")
+    evaluate.add_argument("--labels-per-class", type=int, nargs="+", metavar="N",
+                          help="also score every row with N train labels per class, e.g. 1 5 10 50")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -80,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             print(merge(args.model, args.index_dir).report())
         elif args.verb == "evaluate":
             from .evaluate import evaluate
+            from .label_efficiency import parse_budgets
 
+            budgets = parse_budgets(args.label_fractions, args.labels_per_class)
             print(evaluate(args.model, args.archive, args.index_dir, args.json_file,
-                           baselines=not args.no_baselines, save_heads=not args.no_heads, queries=args.queries))
+                           baselines=not args.no_baselines, save_heads=not args.no_heads, queries=args.queries,
+                           label_budgets=budgets))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         logging.getLogger("indexing").error("%s", err)
         return 1

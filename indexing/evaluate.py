@@ -5,8 +5,11 @@ Classification: weighted kNN (k = 20, cosine, weights exp(s / 0.07), ``training.
 (:mod:`indexing.probe`, C tuned on val, reported on test). Retrieval and kNN use features centred on the train
 mean and L2-normalised, as in the floors of NOTES.md. Baselines go through the same code: ``random-init`` (the
 first model's architecture, randomly initialised, exported like a trained model), ``raw-pixels`` (16 x 16
-average-pooled pixels) and ``colour-histogram`` (3 x 32 bins of each band's values, each band's histogram
-summing to 1): no learning at all, and the floor a trained encoder must clearly beat (NOTES.md).
+average-pooled pixels), ``colour-histogram`` (3 x 32 bins of each band's values, each band's histogram
+summing to 1) and ``colour-histogram-hellinger`` (the same, square-rooted, so that cosine compares histograms as
+the Hellinger distance does: the stronger floor): no learning at all, the floor a trained encoder must clearly beat
+(NOTES.md). With label budgets (``--label-fractions``, ``--labels-per-class``) every row is also scored with a
+stratified part of the train labels only (:mod:`indexing.label_efficiency`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from training.data import open_archive
 from training.knn import knn_accuracy
 
 from .encoders import OnnxEncoder
+from .label_efficiency import label_efficiency
+from .label_efficiency import markdown_table as label_efficiency_table
 from .metrics import DEFINITION, retrieval_metrics
 from .paths import DEFAULT_INDEX_DIR, model_key, resolve_archive, resolve_model
 from .probe import fit_linear_probe, predict, save_head
@@ -82,6 +87,19 @@ def colour_histogram(images: torch.Tensor, bins: int = HISTOGRAM_BINS) -> np.nda
     return (counts / index.shape[2]).flatten(1).numpy()
 
 
+def hellinger_histogram(images: torch.Tensor) -> np.ndarray:
+    """The colour histogram, square-rooted [B, C * bins]: cosine of these is one minus the Hellinger distance's
+    square (per band), a stronger floor than the plain histogram (NOTES.md)."""
+    return np.sqrt(colour_histogram(images))
+
+
+BASELINES = {  # name -> (features of images [B, C, H, W], identity for the cache)
+    "raw-pixels": (pooled_pixels, f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"),
+    "colour-histogram": (colour_histogram, f"hist{HISTOGRAM_BINS}@{PIXEL_SIZE}"),
+    "colour-histogram-hellinger": (hellinger_histogram, f"sqrt-hist{HISTOGRAM_BINS}@{PIXEL_SIZE}"),
+}
+
+
 def evaluation_splits(archive: Path) -> dict[str, str | None]:
     """Which split plays which role: {"train", "val", "test"} -> split name. An archive without a labelled test
     split (fMoW: train/val) is queried with val, and its linear probe is not tuned (C = 1)."""
@@ -106,6 +124,17 @@ def score(features: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) 
     row["linear"] = float((predict(head, x_test) == y_test).mean())
     row["linear_C"], row["linear_val"] = head["C"], head["val_accuracy"]
     return row, head
+
+
+def classifier_accuracy(encoder: OnnxEncoder, archive: Path, split: str, cache: Path, key: dict[str, Any],
+                        classes: list[str]) -> float:
+    """Top-1 accuracy (fraction) of a fine-tuned classifier's own head (its ``logits``) on ``split``."""
+    if encoder.classes != classes:
+        raise ValueError(f"{encoder.name} was fine-tuned on the classes {encoder.classes}, but {archive} has "
+                         f"{classes}: evaluate it on the archive it was fine-tuned on")
+    logits, labels, _ = split_features(archive, split, cache / "logits", encoder.logits, {**key, "output": "logits"},
+                                       encoder.input_size, encoder.card.get("band_indices"))
+    return float((logits.argmax(axis=1) == labels).mean())
 
 
 def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path:
@@ -134,10 +163,13 @@ def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path
 
 def evaluate(models: list[str], archive: str | Path | None = None, index_dir: str | Path | None = None,
              json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True,
-             queries: str = "test") -> str:
+             queries: str = "test", label_budgets: list[float] | None = None) -> str:
     """Evaluate ``models`` (registry names or exported-model folders) plus baselines; returns the Markdown table
     (and writes every number to ``json_file``). Saves each model's linear head next to it unless the card
     names another training archive (a transfer evaluation never replaces the classes the app shows).
+
+    ``label_budgets``: label fractions (floats) and per-class counts (ints); each row is then also scored with
+    that part of the train labels (a second table, ``label_efficiency`` in the JSON).
 
     ``queries="val"`` is for model selection: val queries against train, the test split never read, the probe
     fitted with C = 1 (nothing left to tune it on) and no head saved."""
@@ -151,6 +183,7 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
     roles = evaluation_splits(archive) if queries == "test" else {"train": "train", "val": None, "test": "val"}
     save_heads = save_heads and queries == "test"
     rows: dict[str, dict[str, float]] = {}
+    few_labels: dict[str, dict[str, dict[str, float]]] = {}
     classes: list[str] = []
 
     def features_of(cache: Path, embed, key, size, bands) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -169,25 +202,30 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
         key = {"name": name, "model": encoder.identity}
         feats = features_of(root / name, encoder.embed, key, encoder.input_size, encoder.card.get("band_indices"))
         rows[name], head = score(feats, len(classes))
+        if encoder.classes is not None:
+            rows[name]["fine-tuned"] = classifier_accuracy(encoder, archive, roles["test"], root / name, key, classes)
+        if label_budgets:
+            few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
         if save_heads and name != "random-init":
             if not trained_elsewhere(encoder.card, archive):
                 logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
             else:
                 logger.info("%s was trained on %s, not on %s: its linear head is left as it is (transfer)",
                             name, encoder.card.get("training_data"), archive)
-    if baselines:
-        key = {"name": "raw-pixels", "model": f"avgpool{PIXEL_GRID}@{PIXEL_SIZE}"}
-        feats = features_of(root / "_baselines" / "raw-pixels", pooled_pixels, key, PIXEL_SIZE, None)
-        rows["raw-pixels"], _ = score(feats, len(classes))
-        key = {"name": "colour-histogram", "model": f"hist{HISTOGRAM_BINS}@{PIXEL_SIZE}"}
-        feats = features_of(root / "_baselines" / "colour-histogram", colour_histogram, key, PIXEL_SIZE, None)
-        rows["colour-histogram"], _ = score(feats, len(classes))
+    for name, (features, identity) in (BASELINES.items() if baselines else ()):
+        feats = features_of(root / "_baselines" / name, features, {"name": name, "model": identity}, PIXEL_SIZE, None)
+        rows[name], _ = score(feats, len(classes))
+        if label_budgets:
+            few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
     table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS}, roles)
+    if few_labels:
+        table += "\n\n" + label_efficiency_table(few_labels, str(archive), f"{roles['test']} split")
     if json_file:
         Path(json_file).write_text(json.dumps({"archive": str(archive), "definition": DEFINITION,
                                                "queries": f"{roles['test']} split", "database": "train split",
                                                "tuning": f"{roles['val']} split" if roles["val"] else "none (C=1)",
-                                               "rows": rows}, indent=1))
+                                               "rows": rows, **({"label_efficiency": few_labels} if few_labels
+                                                                else {})}, indent=1))
     return table
 
 
@@ -200,12 +238,15 @@ def trained_elsewhere(card: dict, archive: Path) -> bool:
 def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int],
                    roles: dict[str, str | None] | None = None) -> str:
     """One row per model, numbers in %, with the protocol and the AP definition underneath."""
-    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    columns = COLUMNS + (("fine-tuned",) if any("fine-tuned" in row for row in rows.values()) else ())
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" if c in row else "—" for c in columns) + " |")
     roles = roles or {"train": "train", "val": "val", "test": "test"}
     tuning = f"C tuned on val ({sizes['val']})" if roles["val"] else "C = 1, not tuned (val is the query split)"
     lines.append(f"\n{archive}: queries = {roles['test']} ({sizes['test']}), archive = train ({sizes['train']}), "
                  f"relevant = same class; linear probe {tuning}; kNN k=20, cosine, exp(s/0.07); "
-                 "features centred on the train mean for retrieval and kNN.\n" + DEFINITION)
+                 "features centred on the train mean for retrieval and kNN"
+                 + ("; fine-tuned = the classifier's own head" if len(columns) > len(COLUMNS) else "")
+                 + ".\n" + DEFINITION)
     return "\n".join(lines)

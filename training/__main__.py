@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="train in fp32 even where the device computes bf16 natively (config bf16)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.002 --set ijepa.regularizer=sigreg")
+
+    f = verbs.add_parser("finetune", help="fine-tune an encoder + linear head end to end on (part of) the labels")
+    f.add_argument("--init", required=True,
+                   help="registry name (assets/models/<name>: its shipped weights), exported-model folder, "
+                        "pretraining run folder, or random[:MODEL] (supervised from scratch, MODEL's architecture)")
+    f.add_argument("--data", required=True, help="archive with a labelled train split (and val, for monitoring)")
+    f.add_argument("--out", required=True, help="run folder: checkpoint, config.json, metrics.jsonl")
+    f.add_argument("--label-fraction", type=float, help="stratified fraction of the train labels (default 1)")
+    f.add_argument("--label-seed", type=int, help="which stratified subset (default 0)")
+    f.add_argument("--epochs", type=int, help="passes over the labelled subset (a run is >= min_steps steps)")
+    f.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke test; schedules fit them)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    f.add_argument("--no-export", action="store_true", help="do not export the classifier to OUT/export")
+    f.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="fp32 even where bf16 is native")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a fine-tuning key (training/config.py FinetuneConfig), e.g. --set layer_decay=0.65")
 
     e = verbs.add_parser("export", help="export a run's encoder to ONNX with a model card")
     e.add_argument("run", help="run folder written by pretrain")
@@ -56,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's per-constant notes
     if args.verb == "pretrain":
         from training.config import load_config, parse_assignments
         from training.engine import pretrain
@@ -76,6 +94,31 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt:
             return 130
+        return 0
+    if args.verb == "finetune":
+        from training.config import FinetuneConfig, apply_overrides, parse_assignments
+        from training.export import export_run
+        from training.finetune import finetune
+        from training.learner import NonFiniteLossError
+
+        given = {"init": args.init, "label_fraction": args.label_fraction, "label_seed": args.label_seed,
+                 "epochs": args.epochs, "bf16": args.bf16}
+        if args.max_steps:
+            given.update(min_steps=args.max_steps, epochs=0)
+        config = apply_overrides(FinetuneConfig(), {**parse_assignments(args.set),
+                                                    **{k: v for k, v in given.items() if v is not None}})
+        try:
+            finetune(config, args.data, args.out, resume=args.resume)
+        except NonFiniteLossError as err:
+            logging.getLogger("training").error("%s", err)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except (FileNotFoundError, ValueError) as err:
+            logging.getLogger("training").error("%s", err)
+            return 1
+        if not args.no_export:
+            export_run(args.out, Path(args.out) / "export")
         return 0
     if args.verb == "export":
         from training.export import export_run

@@ -121,6 +121,45 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class FinetuneConfig:
+    """End-to-end fine-tuning of an encoder and a linear head on (part of) an archive's train labels.
+
+    The recipe of the MAE / BEiT fine-tuning codebases (AdamW, layer-wise learning-rate decay, stochastic depth,
+    label smoothing, warmup + cosine), with their 100-epoch ImageNet values replaced by ones chosen on val for
+    runs of minutes (RESULTS.md, "Fine-tuning"); MixUp / CutMix and RandAugment are left out. A labelled subset
+    smaller than a few batches is visited many times: a run is at least `min_steps` steps long."""
+
+    init: str = "random"  # registry name, exported-model folder, pretraining run folder, or random[:MODEL]
+    label_fraction: float = 1.0  # stratified part of the train labels (>= 1 per class)
+    label_seed: int = 0  # which stratified subset
+    epochs: int = 10  # passes over the labelled subset
+    min_steps: int = 300
+    batch_size: int = 64  # at most the labelled subset's size
+    seed: int = 0
+    lr: float = 1e-3  # peak rate per 256 images (MAE fine-tuning's base rate 5e-4 x 2: re-derived on val)
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0  # at least 5 % of the run
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75  # lr x layer_decay^(depth - layer): the patch embedding learns least
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+    rot90: bool = True  # random quarter turns: a scene seen from above has no up
+    evaluations: int = 10  # val accuracy measured this many times over the run (and at its end)
+    val_images: int = 2000  # a fixed random subset of val for those measurements (0 = all of val)
+    log_every: int = 20
+    device: str = "auto"
+    bf16: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)  # replaced by the init model's architecture
+    stats_mean: list[float] = field(default_factory=list)  # replaced by the init model's normalisation
+    stats_std: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check `value` against the type of `default`; tuples come from JSON as lists."""
     if isinstance(default, bool) or isinstance(value, bool):

@@ -75,3 +75,15 @@ class ExportedEncoder:
     def embed(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Mean-pooled embeddings [B, D] (not normalised)."""
         return self.session.run(["embedding"], {"image": self.prepare(images)})[0]
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names of a fine-tuned classifier (card ``task: classification``), else None."""
+        return list(self.card["classes"]) if self.card.get("task") == "classification" else None
+
+    def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """A fine-tuned classifier's logits [B, classes] (softmax gives probabilities)."""
+        if self.classes is None:
+            raise ValueError(f"model {self.name!r} is an encoder, not a fine-tuned classifier: it has no logits "
+                             "(fine-tune it with `python -m training finetune --init ...`)")
+        return self.session.run(["logits"], {"image": self.prepare(images)})[0]

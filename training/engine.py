@@ -28,12 +28,12 @@ from training.monitor import KnnMonitor, init_correlation
 log = logging.getLogger(__name__)
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from, so no step is recorded twice."""
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -126,7 +126,7 @@ class Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
-            _truncate_metrics(metrics_path, self.step)
+            truncate_metrics(metrics_path, self.step)
         previous = self._catch_signals()
         start_step, started = self.step, time.perf_counter()
         try:
@@ -189,7 +189,7 @@ class Trainer:
                     if self.dist.main:
                         log.info("step %d/%d loss %.4f lr %.2e %.0f img/s", self.step, total, record["loss"],
                                  record["lr"], rate)
-                        _append_jsonl(metrics_path, record)
+                        append_jsonl(metrics_path, record)
                     window_start, window_images = time.perf_counter(), 0
                 if self.stop_requested is not None:
                     raise KeyboardInterrupt(f"signal {self.stop_requested}")
@@ -226,7 +226,7 @@ class Trainer:
                  "init correlation %.3f", epoch, record["knn_accuracy"],
                  f" (context encoder {record['knn_context']:.4f})" if "knn_context" in record else "",
                  record["effective_rank"], record["top_share"], record["init_correlation"])
-        _append_jsonl(metrics_path, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
+        append_jsonl(metrics_path, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
         return record["knn_accuracy"]
 
 

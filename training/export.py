@@ -92,6 +92,16 @@ class ServingEncoder(nn.Module):
             self.whitened = True
 
 
+class ServingClassifier(ServingEncoder):
+    """A fine-tuned encoder with its linear head: images [B, C, S, S] -> (embedding [B, D], tokens [B, N, D],
+    logits [B, classes]). The logits are the head on the mean token (uncentred, as trained); the embedding is
+    centred on training images like every exported embedding, so the model also serves for retrieval."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.pooled((image - self.mean) / self.std)  # [B, D], [B, N, D]
+        return pooled - self.centre, tokens, self.vit.head(pooled)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -142,6 +152,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, check_images: int = 32,
     """Export the encoder of a training run (see `export_encoder`), its embeddings centred (and, with `whiten`,
     PCA-whitened) on up to `fit_images` images of its training split; `last_blocks` > 1 concatenates the mean
     tokens of the last blocks; `best` exports the epoch with the best online kNN on val. Returns the card."""
+    checkpoint = find_checkpoint(Path(run_dir))
+    if checkpoint is not None and "init_kind" in read_state(checkpoint):  # a `python -m training finetune` run
+        from training.export_finetuned import export_finetuned_run
+
+        return export_finetuned_run(run_dir, out_dir, check_images=check_images, name=name, fit_images=fit_images)
     encoder, state = load_run_encoder(run_dir, last_blocks, best)
     config = config_from_dict(state["config"])
     size = config.model.img_size
@@ -181,7 +196,9 @@ def export_encoder(encoder: ServingEncoder, config: TrainConfig, out_dir: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, m.in_chans, m.img_size, m.img_size)
-    program = torch.onnx.export(encoder, (example,), input_names=["image"], output_names=["embedding", "tokens"],
+    classifier = isinstance(encoder, ServingClassifier)
+    outputs = ["embedding", "tokens"] + (["logits"] if classifier else [])
+    program = torch.onnx.export(encoder, (example,), input_names=["image"], output_names=outputs,
                                 dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=65536)}},
                                 dynamo=True, external_data=False, verbose=False)
     program.save(str(out_dir / ONNX_NAME), external_data=False)
@@ -205,7 +222,9 @@ def export_encoder(encoder: ServingEncoder, config: TrainConfig, out_dir: str | 
         "last_blocks": encoder.last_blocks,
         "patch_size": m.patch_size,
         "token_grid": [grid, grid],
-        "outputs": {"embedding": "[batch, D]", "tokens": "[batch, N, D], raster order"},
+        "outputs": {"embedding": "[batch, D]", "tokens": "[batch, N, D], raster order",
+                    **({"logits": "[batch, classes], the fine-tuned head (softmax gives probabilities)"}
+                       if classifier else {})},
         "model": config.to_dict()["model"],
         **(provenance or {"training_data": None, "epochs": 0, "steps": 0}),
         "commit": _git_commit(),
@@ -215,9 +234,10 @@ def export_encoder(encoder: ServingEncoder, config: TrainConfig, out_dir: str | 
 
     images = eval_transform(check_images, m.img_size, torch.zeros(m.in_chans), torch.ones(m.in_chans))
     with torch.no_grad():
-        expected_embedding, expected_tokens = encoder(images)
-    embedding, tokens = ExportedEncoder(out_dir).run(images)
-    diff = max(np.abs(embedding - expected_embedding.numpy()).max(), np.abs(tokens - expected_tokens.numpy()).max())
+        expected = [t.numpy() for t in encoder(images)]
+    exported = ExportedEncoder(out_dir)
+    got = exported.session.run(outputs, {"image": exported.prepare(images)})
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
     card["parity"] = {"images": int(len(images)), "max_abs_diff": float(diff), "tolerance": PARITY_TOLERANCE}
     (out_dir / CARD_NAME).write_text(json.dumps(card, indent=1))
     if diff > PARITY_TOLERANCE:

@@ -46,10 +46,11 @@ def use_explicit_attention(model: nn.Module, explicit: bool = True) -> None:
             module.fused_attn = not explicit
 
 
-def create_encoder(config: ModelConfig) -> VisionTransformer:
+def create_encoder(config: ModelConfig, drop_path_rate: float = 0.0) -> VisionTransformer:
     """timm ViT: no class token, frozen sin-cos positions, final norm on tokens, mean-pooled, no head.
 
     `encoder(images [B, C, H, W]) -> [B, D]` is the image embedding used for retrieval and evaluation.
+    `drop_path_rate` (stochastic depth, linearly increasing over the blocks) is for fine-tuning.
     """
     vit = VisionTransformer(
         img_size=config.img_size,
@@ -63,6 +64,7 @@ def create_encoder(config: ModelConfig) -> VisionTransformer:
         depth=config.depth,
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
+        drop_path_rate=drop_path_rate,
     )
     vit.pos_embed.data.copy_(sincos_pos_embed(vit.patch_embed.grid_size, config.embed_dim))
     vit.pos_embed.requires_grad_(False)

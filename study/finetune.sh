@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The label-efficiency study's fine-tuning runs (RESULTS.md, "Few labels"). Run from the repository root:
+#   bash study/finetune.sh sweep              # the recipe on EuroSAT val: peak lr at 10 % of the labels
+#   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1)
+#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits
+# Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
+# (two side by side on the 2-core machine); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
+# MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
+# there is nothing pretrained to protect). The paper's I-JEPA row needs its pretraining run (RUNS/ijepa-150*).
+set -euo pipefail
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+runs=${RUNS:-runs/finetune}
+eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
+aid=${AID:-../shared/data/aid}
+mkdir -p "$runs"
+
+run() {  # name data init fraction epochs overrides...
+    local name=$1 data=$2 init=$3 fraction=$4 epochs=$5
+    shift 5
+    local sets=()
+    for kv in "$@"; do sets+=(--set "$kv"); done
+    [[ $init == random* ]] && sets+=(--set layer_decay=1.0)
+    if [ -f "$runs/$name/export/model_card.json" ]; then echo "$name: done"; return 0; fi
+    python -m training finetune --init "$init" --data "$data" --label-fraction "$fraction" --epochs "$epochs" \
+        --out "$runs/$name" "${sets[@]}" ${RESUME:+--resume} > "$runs/$name.log" 2>&1
+    echo "$name: $(grep -o '"val_accuracy": [0-9.]*' "$runs/$name/metrics.jsonl" | tail -1)"
+}
+
+epochs_for() {  # fraction -> passes over the labelled subset (short subsets get min_steps = 300 steps anyway)
+    case $1 in 1) echo "${FULL_EPOCHS:-8}" ;; *) echo 30 ;; esac
+}
+
+pool=()
+queue() {  # run in the background, at most two at a time
+    "$@" &
+    pool+=($!)
+    if [ ${#pool[@]} -eq 2 ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
+}
+
+case ${1:?sweep, eurosat or aid} in
+    sweep)
+        for lr in 0.0005 0.001 0.002; do
+            queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
+            queue run "sweep-random-10-lr$lr" "$eurosat" random:ijepa 0.1 30 lr=$lr
+        done ;;
+    eurosat|aid)
+        dataset=$1; shift
+        [ $# -gt 0 ] || set -- 0.01 0.1 1
+        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(ijepa mae); like=ijepa
+        else data=$aid; inits=(ijepa-aid mae-aid); like=mae-aid; fi
+        for fraction in "$@"; do
+            pct=$(python -c "print(f'{100 * $fraction:g}')")
+            for init in "${inits[@]}"; do
+                queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" ${LR:+lr=$LR}
+            done
+            queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
+                ${LR:+lr=$LR}
+        done ;;
+    *) echo "unknown mode $1: sweep, eurosat or aid" >&2; exit 2 ;;
+esac
+wait

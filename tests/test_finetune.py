@@ -1,0 +1,172 @@
+"""Fine-tuning (`python -m training finetune`), its ONNX classifier, the timm weights, and few-label evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from indexing.label_efficiency import label_efficiency, markdown_table, parse_budgets
+from indexing.testing import export_tiny_model, write_archive
+from training.config import FinetuneConfig, apply_overrides
+from training.encoder import ExportedEncoder
+from training.subsets import stratified_subset
+
+
+def test_stratified_subset_keeps_every_class_and_its_share():
+    labels = np.repeat([0, 1, 2], [100, 50, 3])
+    subset = stratified_subset(labels, 0.1, seed=0)
+    assert np.bincount(labels[subset]).tolist() == [10, 5, 1]  # at least one of the 3-image class
+    assert stratified_subset(labels, 0.1, seed=0).tolist() == subset.tolist()  # seeded
+    assert stratified_subset(labels, 0.1, seed=1).tolist() != subset.tolist()
+    assert np.bincount(labels[stratified_subset(labels, 5, seed=0)]).tolist() == [5, 5, 3]  # per class, capped
+    assert len(stratified_subset(labels, 1.0, seed=0)) == len(labels)
+    with pytest.raises(ValueError, match="fraction"):
+        stratified_subset(labels, 1.5, seed=0)
+    with pytest.raises(ValueError, match="--labels-per-class"):
+        parse_budgets(None, [0])
+
+
+def test_label_efficiency_rises_with_labels_and_reports_spread():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16)) * 1.2
+
+    def split(n):  # overlapping classes: more labels help
+        y = rng.integers(0, 5, n)
+        return (centres[y] + rng.normal(size=(n, 16))).astype(np.float32), y
+
+    features = {"train": split(1000), "val": split(300), "test": split(500)}
+    rows = label_efficiency(features, 5, [1, 0.1, 1.0], seeds=3)
+    assert rows["1/class"]["labelled"] == 5 and rows["10%"]["labelled"] >= 95 and rows["100%"]["seeds"] == 1
+    assert rows["1/class"]["linear"] < rows["100%"]["linear"] and rows["1/class"]["kNN20"] < rows["100%"]["kNN20"]
+    assert rows["1/class"]["linear_sd"] > 0 and rows["100%"]["linear_sd"] == 0
+    assert 0.2 < rows["1/class"]["kNN20"] < rows["100%"]["kNN20"] <= 1
+    table = markdown_table({"model": rows}, "archive", "test split")
+    assert "| model |" in table and "±" in table and "1/class (5 labels" in table
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    archive = write_archive(root / "archive", per_class=16)  # train 8 per class, 3 classes
+    model = export_tiny_model(root / "tiny-ijepa")
+    return root, archive, model
+
+
+def _config(init, **overrides):
+    base = {"init": str(init), "min_steps": 6, "epochs": 0, "batch_size": 8, "evaluations": 2, "val_images": 0,
+            "lr": 4e-3, "warmup_epochs": 0.0}
+    return apply_overrides(FinetuneConfig(), {**base, **overrides})
+
+
+def test_timm_loads_the_exported_weights_with_no_project_code(tiny):
+    import timm
+
+    from training.weights import save_timm_weights
+
+    root, _, model = tiny
+    path = save_timm_weights(model, dtype=torch.float32)
+    card = json.loads((model / "model_card.json").read_text())
+    vit = timm.create_model(card["timm"]["architecture"], pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                            **card["timm"]["kwargs"]).eval()
+    images = torch.rand(3, 3, 64, 64)
+    norm = card["normalisation"]
+    x = (images - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)
+    _, onnx_tokens = ExportedEncoder(model).run(images)
+    assert np.abs(tokens.numpy() - onnx_tokens).max() < 1e-4
+
+
+def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, tmp_path):
+    from indexing.evaluate import evaluate
+    from training.export import export_run
+    from training.finetune import finetune
+
+    root, archive, model = tiny
+    summary = finetune(_config(model, min_steps=12), str(archive), tmp_path / "run")
+    assert summary["step"] == 12
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_accuracy" in r] == [6, 12]
+    card = export_run(tmp_path / "run", tmp_path / "export")
+    assert card["task"] == "classification" and card["classes"] == ["Forest", "River", "SeaLake"]
+    assert card["init"] == str(model) and card["label_fraction"] == 1.0 and card["parity"]["max_abs_diff"] <= 1e-4
+    encoder = ExportedEncoder(tmp_path / "export")
+    from training.data import open_archive
+
+    test = open_archive(archive, "test")
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    labels = np.array([test[i]["label"] for i in range(len(test))])
+    accuracy = (encoder.logits(images).argmax(1) == labels).mean()
+    assert accuracy > 0.5  # three colour-coded classes: a fine-tuned head separates them
+    table = evaluate([str(tmp_path / "export")], archive, tmp_path / "ix", baselines=False, save_heads=False)
+    assert "fine-tuned" in table and f"{100 * accuracy:.1f}" in table
+
+
+def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch):
+    from training.checkpoint import find_checkpoint, load_weights
+    from training.finetune import Finetuner, finetune
+
+    root, archive, model = tiny
+    finetune(_config(model), str(archive), tmp_path / "straight")
+    original = Finetuner.train_step
+
+    def stop_at_four(self, images, labels):  # killed after the checkpoint at step 3
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original(self, images, labels)
+
+    monkeypatch.setattr(Finetuner, "train_step", stop_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(model), str(archive), tmp_path / "resumed")
+    monkeypatch.setattr(Finetuner, "train_step", original)
+    assert json.loads((find_checkpoint(tmp_path / "resumed") / "state.json").read_text())["step"] == 3
+    finetune(_config(model), str(archive), tmp_path / "resumed", resume=True)
+    a, b = (load_weights(find_checkpoint(tmp_path / name)) for name in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = {name: [json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("straight", "resumed")}
+    assert steps["resumed"] == steps["straight"] == [3, 3, 6, 6]  # nothing lost, nothing logged twice
+
+
+def test_supervised_from_scratch_takes_the_named_models_architecture(tiny, tmp_path):
+    from training.finetune import build_encoder
+
+    root, archive, model = tiny
+    vit, config, described = build_encoder(_config(f"random:{model}"), str(archive))
+    assert described["init_kind"] == "random" and config.model.embed_dim == 48 and len(vit.blocks) == 2
+    assert config.stats_mean == json.loads((model / "model_card.json").read_text())["normalisation"]["mean"]
+
+
+def test_a_wrong_init_says_what_to_give(tiny):
+    from training.finetune import resolve_init
+
+    with pytest.raises(FileNotFoundError, match="random"):
+        resolve_init("no-such-model")
+
+
+@pytest.mark.parametrize("name", ["ijepa", "mae", "ijepa-aid", "mae-aid"])
+def test_shipped_weights_load_through_timm_and_match_the_onnx_encoder(name):
+    import timm
+
+    from indexing.paths import MODELS_DIR
+
+    model_dir = MODELS_DIR / name
+    card = json.loads((model_dir / "model_card.json").read_text())
+    entry = card["timm"]
+    vit = timm.create_model(entry["architecture"], pretrained=True,
+                            pretrained_cfg_overlay={"file": str(model_dir / entry["weights"])}, **entry["kwargs"])
+    size, norm = card["input_size"], card["normalisation"]
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = (images - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tokens = vit.float().eval().forward_features(x).numpy()
+    _, onnx_tokens = ExportedEncoder(model_dir).run(images)
+    # fp16 weights: tokens (layer-normed, |t| up to ~5) agree to a few 1e-3; the embeddings' cosine to 1e-5
+    assert np.abs(tokens - onnx_tokens).max() < 2e-2
+    pooled = tokens.mean(1)
+    reference = onnx_tokens.mean(1)
+    cosine = (pooled * reference).sum(1) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.9999

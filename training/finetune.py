@@ -1,0 +1,296 @@
+"""``python -m training finetune``: an encoder and a linear head trained end to end on (part of) the train labels.
+
+The recipe follows the MAE and BEiT fine-tuning code (He et al. 2022; Bao et al. 2022): AdamW with layer-wise
+learning-rate decay (timm's ``param_groups_layer_decay``), stochastic depth, label smoothing, warmup then cosine,
+random resized crops and flips (plus quarter turns: overhead imagery has no up). Its values are re-derived on val
+for runs of minutes (``training.config.FinetuneConfig``). ``--init`` is a shipped model (its timm weights), an
+exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratch, with MODEL's architecture and
+normalisation): the same loop serves the self-supervised inits and the supervised baseline.
+
+A run folder holds ``checkpoint/`` (safetensors, atomic; ``--resume`` continues exactly: every draw is seeded by
+the step), ``config.json`` and ``metrics.jsonl`` (loss, lr, images/s; val accuracy ``evaluations`` times).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import schedules
+from training.augment import eval_transform, normalize, random_resized_crop
+from training.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from training.config import FinetuneConfig, ModelConfig, apply_overrides
+from training.data import band_statistics, open_archive
+from training.distributed import device_name, pick_device
+from training.engine import append_jsonl, truncate_metrics
+from training.feed import epoch_order, preload
+from training.learner import NonFiniteLossError, step_generator
+from training.models.backbone import create_encoder, use_explicit_attention
+from training.precision import autocast, training_precision
+from training.subsets import stratified_subset
+
+log = logging.getLogger(__name__)
+
+
+def resolve_init(init: str) -> tuple[str, Path | None]:
+    """``("random", model dir or None)``, ``("model", exported-model dir)`` or ``("run", run dir)`` for ``--init``."""
+    from indexing.paths import resolve_model
+
+    kind, _, like = init.partition(":")
+    if kind == "random":
+        return "random", resolve_model(like) if like else None
+    if find_checkpoint(Path(init)) is not None:
+        return "run", Path(init)
+    try:
+        return "model", resolve_model(init)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--init {init!r}: not a pretraining run folder (no checkpoint/) either. {err} "
+                                "Or --init random[:MODEL] for supervised training from scratch.") from None
+
+
+def build_encoder(config: FinetuneConfig, data_root: str) -> tuple[torch.nn.Module, FinetuneConfig, dict]:
+    """The initial timm ViT (no head yet), the config with the init's architecture and normalisation filled in,
+    and a description of the init for the card."""
+    from training.encoder import read_card
+    from training.export import load_run_encoder
+    from training.weights import timm_encoder
+
+    kind, source = resolve_init(config.init)
+    described: dict[str, Any] = {"init": config.init, "init_kind": kind}
+    if source is not None and kind != "run":
+        card = read_card(source)
+        model, norm = ModelConfig(**card["model"]), card["normalisation"]
+        config = apply_overrides(config, {"model": model.__dict__, "stats_mean": norm["mean"], "stats_std": norm["std"]})
+        described.update(init_model=card.get("name"), init_method=card.get("method"), init_training_data=card.get(
+            "training_data"), init_exported_at=card.get("exported_at"))
+    if kind == "run":
+        serving, state = load_run_encoder(source)
+        run_config = state["config"]
+        config = apply_overrides(config, {"model": run_config["model"], "stats_mean": run_config["data"]["stats_mean"],
+                                          "stats_std": run_config["data"]["stats_std"]})
+        vit = create_encoder(config.model, drop_path_rate=config.drop_path)
+        vit.load_state_dict(serving.vit.state_dict())
+        described.update(init_method=state.get("method"), init_training_data=state.get("data_root"),
+                         init_steps=state.get("step"))
+    elif kind == "model":
+        vit = timm_encoder(source, drop_path_rate=config.drop_path)
+    else:
+        torch.manual_seed(config.seed)
+        vit = create_encoder(config.model, drop_path_rate=config.drop_path)
+        if not config.stats_mean:
+            dataset = open_archive(data_root, "train", image_size=config.model.img_size)
+            mean, std = band_statistics(dataset, seed=config.seed)
+            config = apply_overrides(config, {"stats_mean": list(mean), "stats_std": list(std)})
+    vit.pos_embed.requires_grad_(False)  # fixed sin-cos positions, as in pretraining
+    return vit, config, described
+
+
+def labelled_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """The labelled subset of train, decoded: (images [N, C, S, S], labels [N], classes, skipped unreadable)."""
+    dataset = open_archive(data_root, "train", image_size=config.model.img_size)
+    if not dataset.classes:
+        raise ValueError(f"{data_root} has no class labels: fine-tuning needs a labelled train split "
+                         "(class folders or splits.csv with a label column)")
+    labels = np.array([item.label for item in dataset.items])
+    picks = stratified_subset(labels, config.label_fraction, config.label_seed)
+    images, y, skipped = preload(torch.utils.data.Subset(dataset, picks.tolist()), desc="labelled train")
+    return images, y, list(dataset.classes), skipped
+
+
+def val_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A fixed random subset of val (``val_images``; all of it at 0), decoded; None if the archive has no val."""
+    try:
+        dataset = open_archive(data_root, "val", image_size=config.model.img_size)
+    except ValueError:
+        return None
+    if len(dataset) == 0:
+        return None
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1))
+    order = order[: config.val_images] if config.val_images else order
+    images, labels, _ = preload(torch.utils.data.Subset(dataset, order.tolist()), desc="val")
+    return images, labels
+
+
+def quarter_turns(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image [C, S, S] of images [B, C, S, S] turned by a random multiple of 90 degrees."""
+    turns = torch.randint(0, 4, (images.shape[0],), generator=gen)
+    out = images.clone()
+    for k in (1, 2, 3):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+    return out
+
+
+class Finetuner:
+    """One fine-tuning run in ``out_dir``; ``fit()`` trains to the end and returns a summary."""
+
+    def __init__(self, config: FinetuneConfig, data_root: str, out_dir: str | Path, resume: bool = False) -> None:
+        from timm.optim import create_optimizer_v2
+
+        self.out_dir, self.data_root = Path(out_dir), str(data_root)
+        checkpoint = find_checkpoint(self.out_dir) if resume else None
+        if resume and checkpoint is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
+        if checkpoint is not None:  # a resumed run is the saved run
+            config = apply_overrides(FinetuneConfig(), read_state(checkpoint)["config"])
+        self.device = pick_device(config.device)
+        self.precision = training_precision(config.bf16, self.device)
+        vit, self.config, self.init = build_encoder(config, data_root)
+        c = self.config
+        self.images, self.labels, self.classes, self.skipped = labelled_split(data_root, c)
+        self.val = val_split(data_root, c)
+        torch.manual_seed(c.seed)  # the head's initial weights are a function of the config alone
+        vit.reset_classifier(len(self.classes))
+        torch.nn.init.trunc_normal_(vit.head.weight, std=2e-5)  # as MAE's fine-tuning: start near zero
+        torch.nn.init.zeros_(vit.head.bias)
+        self.model = vit.to(self.device)
+        if self.device.type == "cpu":
+            use_explicit_attention(self.model)
+        self.batch_size = min(c.batch_size, len(self.labels))
+        self.steps_per_epoch = len(self.labels) // self.batch_size
+        self.total = max(c.epochs * self.steps_per_epoch, c.min_steps)
+        self.peak_lr = c.lr * self.batch_size / 256
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=self.peak_lr, weight_decay=c.weight_decay,
+                                             layer_decay=c.layer_decay, betas=(0.9, 0.999), foreach=True)
+        self.mean = torch.tensor(c.stats_mean, device=self.device)
+        self.std = torch.tensor(c.stats_std, device=self.device)
+        self.step, self.train_seconds, self.best_val = 0, 0.0, None
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, self.model, self.optimizer)
+            self.step, self.train_seconds = state["step"], state["train_seconds"]
+            self.best_val = state.get("best_val")
+            log.info("resumed from %s at step %d", checkpoint, self.step)
+        log.info("fine-tuning %s on %d labelled images (%s of train, %d classes), %d steps of %d, %s on %s",
+                 c.init, len(self.labels), f"{100 * c.label_fraction:g}%", len(self.classes), self.total,
+                 self.batch_size, self.precision, self.device)
+
+    def eval_steps(self) -> set[int]:
+        """The steps after which val accuracy is measured (and a checkpoint written)."""
+        n = max(1, self.config.evaluations)
+        return {round(self.total * (i + 1) / n) for i in range(n)}
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        warmup = max(int(round(c.warmup_epochs * self.steps_per_epoch)), self.total // 20)
+        return schedules.learning_rate(step, self.total, min(warmup, self.total // 2), self.peak_lr, c.min_lr)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One AdamW step on a raw batch [b, C, S, S] (scaled units) with labels [b]."""
+        c = self.config
+        gen = step_generator(c.seed, self.step, 0)
+        torch.manual_seed(c.seed * 1_000_003 + self.step)  # stochastic depth draws from the global generator
+        x = random_resized_crop(images.to(self.device), c.model.img_size, c.crop_scale, gen, hflip=c.hflip)
+        if c.rot90:
+            x = quarter_turns(x, gen)
+        x = normalize(x, self.mean, self.std)
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.model.train()
+        with autocast(self.precision, self.device):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels.to(self.device), label_smoothing=c.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step} (lr {lr:.2e}): fine-tuning "
+                                     "stopped. Lower --set lr=..., or resume from the last checkpoint")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "lr": lr}
+
+    @torch.no_grad()
+    def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+        """Top-1 accuracy (fraction) of the current model on images [N, C, H, W] (scaled units)."""
+        self.model.eval()
+        correct = 0
+        for start in range(0, len(images), batch_size):
+            x = eval_transform(images[start:start + batch_size].to(self.device), self.config.model.img_size,
+                               self.mean, self.std)
+            with autocast(self.precision, self.device):
+                correct += (self.model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+        return correct / len(images)
+
+    def save(self) -> None:
+        state = {"step": self.step, "total_steps": self.total, "train_seconds": self.train_seconds,
+                 "best_val": self.best_val, "config": self.config.to_dict(), "classes": self.classes,
+                 "labelled": len(self.labels), "skipped": self.skipped, "data_root": self.data_root,
+                 "precision": self.precision, "device": device_name(self.device), **self.init}
+        save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+
+    def fit(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        metrics = self.out_dir / "metrics.jsonl"
+        truncate_metrics(metrics, self.step)
+        stop: list[int] = []
+        previous = {}
+        try:
+            previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum))
+                        for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread
+            pass
+        evals = self.eval_steps()
+        bar = tqdm(total=self.total, initial=self.step, unit="step", desc="fine-tuning", disable=None)
+        try:
+            while self.step < self.total:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                order = epoch_order(len(self.labels), self.config.seed, epoch)[: self.steps_per_epoch * self.batch_size]
+                for first in range(start * self.batch_size, len(order), self.batch_size):
+                    batch = order[first:first + self.batch_size]
+                    began = time.perf_counter()
+                    record = self.train_step(self.images[batch], self.labels[batch])
+                    seconds = time.perf_counter() - began
+                    self.train_seconds += seconds
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % self.config.log_every == 0 or self.step in evals:
+                        record.update(step=self.step, epoch=round(self.step / self.steps_per_epoch, 3),
+                                      images_per_second=round(self.batch_size / seconds, 1),
+                                      train_seconds=round(self.train_seconds, 1), threads=torch.get_num_threads(),
+                                      precision=self.precision, device=device_name(self.device))
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}")
+                        append_jsonl(metrics, record)
+                    if self.step in evals:
+                        self._evaluate(metrics)
+                    if stop:
+                        log.warning("stopped at step %d by signal %d: checkpoint saved, continue with --resume",
+                                    self.step, stop[0])
+                        self.save()
+                        raise KeyboardInterrupt
+                    if self.step >= self.total:
+                        break
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return {"step": self.step, "total_steps": self.total, "val_accuracy": self.best_val,
+                "train_seconds": self.train_seconds}
+
+    def _evaluate(self, metrics: Path) -> None:
+        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                  "train_seconds": round(self.train_seconds, 1), "threads": torch.get_num_threads()}
+        if self.val is not None:
+            record["val_accuracy"] = round(self.accuracy(*self.val), 5)
+            self.best_val = record["val_accuracy"]  # the last measurement: runs are judged at their end
+            log.info("step %d/%d: val accuracy %.4f", self.step, self.total, record["val_accuracy"])
+        append_jsonl(metrics, record)
+        self.save()
+
+
+def finetune(config: FinetuneConfig, data_root: str, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune ``config.init`` on ``data_root``'s labelled train split into ``out_dir``; returns a summary."""
+    trainer = Finetuner(config, data_root, out_dir, resume=resume)
+    summary = trainer.fit()
+    log.info("done: %d steps in %.0f s of training, val accuracy %s", summary["step"], summary["train_seconds"],
+             summary["val_accuracy"])
+    return summary
