@@ -73,7 +73,7 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]], archive: str, q
     """One row per model, one column per budget: linear / kNN in %, mean ± sd over seeds."""
     budgets = list(next(iter(rows.values())))
     first = next(iter(rows.values()))
-    header = [f"{b} ({first[b]['labelled']} labels, {first[b]['per_class']:.3g}/class)" for b in budgets]
+    header = [f"{b} ({first[b]['labelled']} labels, {round(first[b]['per_class'], 1):g}/class)" for b in budgets]
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(budgets) + 1) + "|"]
     for name, row in rows.items():
         cells = [_cell(row[b]) for b in budgets]

@@ -146,7 +146,8 @@ class QueryResult:
         lines = []
         for r in results:
             probe = f"**{r.prediction}** ({r.probabilities[r.prediction]:.0%})" if r.prediction else "no probe head"
-            knn = f"**{r.knn_prediction}** ({r.knn[r.knn_prediction]:.0%})" if r.knn_prediction else "no labels"
+            knn = f"**{r.knn_prediction}** ({r.knn[r.knn_prediction]:.0%})" if r.knn_prediction else (
+                "— none: this archive's images carry no labels to vote with")
             verdict = ""
             if r.prediction and r.knn_prediction:
                 verdict = " — they agree" if r.prediction == r.knn_prediction else " — they differ"

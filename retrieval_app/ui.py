@@ -29,7 +29,7 @@ from .filters import FilterError, parse_filters
 from .images import ImageFiles
 from .plots import results_map
 from .service import QueryError, QueryResult, RetrievalService
-from .upload import LARGE_MODES, MAX_UPLOAD_BYTES, UploadError
+from .upload import LARGE_MODES, UPLOAD_HARD_CAP, UploadError
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,13 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (UploadError, QueryError, FilterError, UnreadableImageError, FileNotFoundError)
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".webp", ".bmp"]
 MAX_GALLERY = 50
-#: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable).
+#: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable). The result galleries are
+#: as tall as their rows of results: gradio keeps a gallery 450 px tall at least (a blank area under two rows), so
+#: ``.results-gallery`` lowers that floor to an empty gallery's 120 px.
 CSS = """
 .gallery-item .caption-label, .thumbnail-item .caption-label { white-space: normal !important;
   overflow: visible !important; text-overflow: clip !important; font-size: 12px; line-height: 1.25; }
+.results-gallery .grid-wrap.fixed-height { min-height: 120px !important; }
 """
 SCORE_NOTE = ("Scores are the cosine similarity of the two images' embeddings (centred on the archive's mean): "
               "1 = the same direction, 0 = unrelated; only their order within one model is meaningful.")
@@ -56,9 +59,10 @@ def _by_name(services: Services) -> dict[str, RetrievalService]:
 
 def launch_options(services: Services) -> dict[str, Any]:
     """Keyword arguments of ``Blocks.launch`` that keep the app safe and offline: only the archives are served,
-    uploads are size-limited, system fonts (no font CDN), no server-side rendering, no API-less sharing."""
+    uploads are size-limited (the app refuses one over its limit in its own words; gradio's cap is a guard far
+    above it), system fonts (no font CDN), no server-side rendering, no API-less sharing."""
     allowed = sorted({path for service in _by_name(services).values() for path in service.allowed_paths()})
-    return {"allowed_paths": allowed, "max_file_size": MAX_UPLOAD_BYTES, "ssr_mode": False,
+    return {"allowed_paths": allowed, "max_file_size": UPLOAD_HARD_CAP, "ssr_mode": False,
             "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                        font_mono=["ui-monospace", "monospace"]),
             "css": CSS, "footer_links": ["api"]}
@@ -193,10 +197,13 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         return gr.Dropdown(choices=ids, value=ids[0] if ids else None)
 
     def on_archive(archive):
-        """Another archive: its examples and filter values; the previous results' ids no longer apply."""
+        """Another archive: its examples and filter values; the previous results' ids no longer apply; the kNN
+        panels only where the archive has labels to vote with (the status says why there is no vote)."""
         name = archive if archive in services else names[0]
+        knn_panels = [gr.Label(value=None, visible=bool(labels[name])) for _ in keys]
         return (gr.Dropdown(choices=examples[name], value=None), gr.Dropdown(choices=labels[name], value=[]),
-                gr.CheckboxGroup(choices=splits[name], value=[]), {}, gr.Dropdown(choices=[], value=None))
+                gr.CheckboxGroup(choices=splits[name], value=[]), {}, gr.Dropdown(choices=[], value=None),
+                *knn_panels)
 
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
@@ -232,7 +239,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 with gr.Column(elem_id=f"model-{key}"):
                     gr.Markdown(f"## {display[key]}: most similar scenes")
                     galleries.append(gr.Gallery(show_label=False, columns=5, height="auto", object_fit="cover",
-                                                elem_id=f"gallery-{key}", allow_preview=False))
+                                                elem_id=f"gallery-{key}", elem_classes=["results-gallery"],
+                                                allow_preview=False))
         class_labels: list[gr.components.Component] = []
         with gr.Row(equal_height=True):
             for key in keys:
@@ -240,7 +248,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                     class_labels.append(gr.Label(label=f"{display[key]}: linear probe",
                                                  num_top_classes=5))
                     class_labels.append(gr.Label(label=f"{display[key]}: kNN vote of the neighbours",
-                                                 num_top_classes=5))
+                                                 num_top_classes=5, visible=bool(labels[names[0]]),
+                                                 elem_id=f"knn-{key}"))
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Why this match")
@@ -270,8 +279,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                          explain_model, explain_id], api_name="query") \
             .success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
         upload.upload(preview_upload, [upload, large, archive], [query_view], api_visibility="private")
-        archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id],
-                       api_visibility="private")
+        archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id,
+                                               *class_labels[1::2]], api_visibility="private")
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
         for key, gallery in zip(keys, galleries):

@@ -28,8 +28,11 @@ from training.data.base import (RASTER_SUFFIXES, ImageTooLargeError, Unsupported
 from training.data.raster import centre_latlon, open_raster, read_window
 from training.data.source import FileBytes
 
-#: Largest upload accepted, in bytes (gradio's ``max_file_size`` is set to the same value).
+#: Largest upload accepted, in bytes, refused in the app's words by :func:`read_upload`.
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: gradio's own ``max_file_size``, a guard for the server's disk far above the limit: a file between the two gets
+#: the app's message (which file, the limit, what to do), not gradio's.
+UPLOAD_HARD_CAP = 8 * MAX_UPLOAD_BYTES
 #: Largest image accepted, in pixels (width x height), checked from the header before decoding.
 MAX_PIXELS = 40_000_000
 #: GeoTIFF chip side of the indexed archives (``open_archive``'s default, used by ``indexing.build``).
@@ -80,8 +83,9 @@ def read_upload(path: str | Path) -> FileBytes:
     if size == 0:
         raise UploadError("The uploaded file is empty (0 bytes): upload a JPEG, PNG or GeoTIFF tile.")
     if size > MAX_UPLOAD_BYTES:
-        raise UploadError(f"The file is {size / 2**20:.1f} MiB; uploads are limited to "
-                          f"{MAX_UPLOAD_BYTES // 2**20} MiB. Crop the scene to the area of interest.")
+        raise UploadError(f"{path.name} is {size / 1e6:.1f} MB; a query tile is limited to {MAX_UPLOAD_BYTES / 1e6:.1f} "
+                          "MB. Crop the scene to the area of interest, or index the whole scene as an archive "
+                          "(`python -m indexing build --archive FOLDER --model ijepa`) and search its chips.")
     return FileBytes.read(path)
 
 

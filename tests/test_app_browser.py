@@ -1,6 +1,7 @@
 """End to end in a real browser: Playwright drives Debian's chromium (headless, no network) against the app on
 a free localhost port: upload a tile, wait for both models' results, check them, open a match heat map; then
-switch to the located archive (assets/located), search with a NAIP chip and wait for the map; save a screenshot
+switch to the located archive (assets/located), search with a NAIP chip and wait for the map, check that the
+unlabelled archive shows no empty kNN panels and that the galleries fit their results; save a screenshot
 (to the test's tmp dir, and to $SATJEPA_APP_SCREENSHOT when set)."""
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
                 assert captions.evaluate_all("els => els.every(e => e.scrollWidth <= e.clientWidth + 1)")
                 tops.append(page.locator(f"#gallery-{key}").bounding_box()["y"])
             assert abs(tops[0] - tops[1]) < 2  # the two galleries side by side, aligned
+            assert page.locator("#knn-ijepa").is_visible() and page.locator("#knn-mae").is_visible()  # labelled
             status = page.locator("#status").inner_text()
             assert "I-JEPA" in status and "MAE" in status and "neighbours are shared" in status
             assert "Linear probes" in status and "kNN votes" in status and "cosine similarity" in status
@@ -107,6 +109,14 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             assert captions.count() == K
             page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
             assert page.locator("#result-map img").evaluate(natural) == [640, 420]  # the map is drawn
+            # No labels here: no empty kNN panels, and the status says why there is no vote.
+            assert "no labels to vote with" in page.locator("#status").inner_text()
+            for key in ("ijepa", "mae"):
+                assert not page.locator(f"#knn-{key}").is_visible()
+                # Each gallery is as tall as its rows of results (no blank area under them).
+                box = page.locator(f"#gallery-{key}").bounding_box()
+                last = page.locator(f"#gallery-{key} img").nth(K - 1).bounding_box()
+                assert box["y"] + box["height"] - (last["y"] + last["height"]) < 40
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

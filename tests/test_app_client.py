@@ -101,6 +101,24 @@ def test_bad_inputs_get_messages_and_the_server_keeps_serving(app, tmp_path):
     assert client.predict(None, "2750/Forest/Forest_1.jpg", "centre chip", api_name="/classify")["ijepa"]
 
 
+def test_an_upload_just_over_the_limit_is_refused_in_the_apps_words(app, tmp_path):
+    from retrieval_app.upload import MAX_UPLOAD_BYTES
+
+    _, client, setup = app
+    big = tmp_path / "whole-scene.tif"  # a real tile padded past the limit by one byte
+    tile = (setup.archive / "2750" / "Forest" / "Forest_5.jpg").read_bytes()
+    big.write_bytes(tile + bytes(MAX_UPLOAD_BYTES + 1 - len(tile)))
+    with pytest.raises(AppError) as refused:
+        client.predict(handle_file(str(big)), None, 4, *NO_FILTERS, "centre chip", api_name="/query")
+    message = str(refused.value)
+    assert "whole-scene.tif is 33.6 MB" in message and "limited to 33.6 MB" in message  # which file, the limit
+    assert "Crop" in message and "python -m indexing build" in message  # what to do
+    assert "maximum" not in message and "bytes" not in message  # not gradio's own words
+    out = client.predict(handle_file(str(setup.archive / "2750" / "Forest" / "Forest_5.jpg")), None, 2, *NO_FILTERS,
+                         "centre chip", api_name="/query")
+    assert "I-JEPA" in out[0]  # the server keeps serving
+
+
 def test_only_the_archive_is_served_and_localhost_is_the_default(app):
     import httpx
 
