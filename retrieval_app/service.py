@@ -103,14 +103,23 @@ class LoadedModel:
 
     @property
     def display(self) -> str:
-        method = METHOD_NAMES.get(str(self.encoder.card.get("method")), str(self.encoder.card.get("method")))
+        card = self.encoder.card
+        method = METHOD_NAMES.get(str(card.get("method")), str(card.get("method")))
+        if self.encoder.classes is not None:  # a fine-tuned classifier: what it was fine-tuned from
+            method = f"{METHOD_NAMES.get(str(card.get('init_method')), 'supervised')} fine-tuned"
         return method if method.lower().replace("-", "") == self.key.lower() else f"{method} ({self.key})"
+
+    @property
+    def head_name(self) -> str:
+        """Which head gives the model's class probabilities: a fine-tuned classifier's own, or the linear probe."""
+        return "fine-tuned head" if self.encoder.classes is not None else "linear probe"
 
 
 @dataclass
 class ModelResult:
     """What one model says about a query: ``hits`` (catalogue rows with ``rank``, ``score``, ``is_query``,
-    ``also_in``), linear-probe ``probabilities`` (None without a head), the kNN ``knn`` vote of the hits."""
+    ``also_in``), class ``probabilities`` of its ``head_name`` head (a fine-tuned classifier's own, else the linear
+    probe; None without one), the kNN ``knn`` vote of the hits."""
 
     key: str
     display: str
@@ -119,6 +128,7 @@ class ModelResult:
     knn: dict[str, float]
     timings_ms: dict[str, float]
     note: str = ""
+    head_name: str = "linear probe"
 
     @property
     def prediction(self) -> str | None:
@@ -145,13 +155,13 @@ class QueryResult:
         results = list(self.models.values())
         lines = []
         for r in results:
-            probe = f"**{r.prediction}** ({r.probabilities[r.prediction]:.0%})" if r.prediction else "no probe head"
+            probe = f"**{r.prediction}** ({r.probabilities[r.prediction]:.0%})" if r.prediction else "— no head"
             knn = f"**{r.knn_prediction}** ({r.knn[r.knn_prediction]:.0%})" if r.knn_prediction else (
                 "— none: this archive's images carry no labels to vote with")
             verdict = ""
             if r.prediction and r.knn_prediction:
                 verdict = " — they agree" if r.prediction == r.knn_prediction else " — they differ"
-            lines.append(f"* {r.display}: linear probe {probe}; kNN vote of its neighbours {knn}{verdict}")
+            lines.append(f"* {r.display}: {r.head_name} {probe}; kNN vote of its neighbours {knn}{verdict}")
         if len(results) >= 2:
             a, b = results[0], results[1]
             shared = {h["sample_id"] for h in a.hits} & {h["sample_id"] for h in b.hits}
@@ -444,16 +454,20 @@ class RetrievalService:
     def _query_model(self, model: LoadedModel, query: QueryImage, k: int, filters: Filters,
                      query_hash: str | None) -> ModelResult:
         t0 = time.perf_counter()
-        embedding = model.encoder.embed(query.image[None])  # [1, D], not normalised
+        if model.encoder.classes is not None:  # a fine-tuned classifier: its own head, in the same run
+            embedding, logits = model.encoder.embed_and_logits(query.image[None])  # [1, D], [1, classes]
+            probabilities = _softmax(logits[0], model.encoder.classes)
+        else:
+            embedding = model.encoder.embed(query.image[None])  # [1, D], not normalised
+            probabilities = _apply_head(model.head, embedding[0]) if model.head is not None else None
         t1 = time.perf_counter()
         hits = self._search(self._opened(model), normalised(embedding), k, filters, model.rows)
         t2 = time.perf_counter()
         for rank, hit in enumerate(hits, 1):
             hit.update(rank=rank, is_query=query_hash is not None and hit["hash"] == query_hash, also_in=[])
         note = "" if hits else f"no catalogue image matches the filters ({filters.describe()})."
-        probabilities = _apply_head(model.head, embedding[0]) if model.head is not None else None
         return ModelResult(model.key, model.display, hits, probabilities, _knn_vote(hits),
-                           {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note)
+                           {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note, model.head_name)
 
     @staticmethod
     def _search(opened: OpenIndex, query: np.ndarray, k: int, filters: Filters, rows: RowLookup | None = None
@@ -543,10 +557,15 @@ def _from_array(array: np.ndarray, card: dict[str, Any]) -> QueryImage:
 def _apply_head(head: dict[str, Any], embedding: np.ndarray) -> dict[str, float]:
     """Softmax probabilities {class: p} (descending) of the linear probe on the raw embedding [D]."""
     logits = ((embedding - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [C]
+    return _softmax(logits, head["classes"])
+
+
+def _softmax(logits: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """{class: p} (descending, zeros left out) of logits [C]."""
     p = np.exp(logits - logits.max())
     p /= p.sum()
     order = np.argsort(-p)
-    return {head["classes"][i]: float(p[i]) for i in order if p[i] > 0}
+    return {classes[i]: float(p[i]) for i in order if p[i] > 0}
 
 
 def _knn_vote(hits: list[dict[str, Any]]) -> dict[str, float]:

@@ -112,6 +112,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     names = list(services)
     keys = list(services[names[0]].models)
     display = {key: model.display for key, model in services[names[0]].models.items()}
+    head_name = {key: model.head_name for key, model in services[names[0]].models.items()}
     labels = {name: s.catalogue_values("label") for name, s in services.items()}
     splits = {name: s.catalogue_values("split") for name, s in services.items()}
     examples = {name: s.examples() for name, s in services.items()}
@@ -208,8 +209,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
                     "Upload a satellite tile (JPEG, PNG or GeoTIFF) or pick an example from the archive; each model "
-                    "shows its most similar scenes, its predicted class (linear probe) and the kNN vote of its "
-                    "neighbours. Click a result to see **why it matched**.")
+                    "shows its most similar scenes, its predicted class (its fine-tuned head, else a linear probe) "
+                    "and the kNN vote of its neighbours. Click a result to see **why it matched**.")
         state = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
@@ -245,7 +246,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         with gr.Row(equal_height=True):
             for key in keys:
                 with gr.Column():
-                    class_labels.append(gr.Label(label=f"{display[key]}: linear probe",
+                    class_labels.append(gr.Label(label=f"{display[key]}: {head_name[key]}",
                                                  num_top_classes=5))
                     class_labels.append(gr.Label(label=f"{display[key]}: kNN vote of the neighbours",
                                                  num_top_classes=5, visible=bool(labels[names[0]]),

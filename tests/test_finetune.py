@@ -170,3 +170,31 @@ def test_shipped_weights_load_through_timm_and_match_the_onnx_encoder(name):
     reference = onnx_tokens.mean(1)
     cosine = (pooled * reference).sum(1) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() > 0.9999
+
+
+def test_the_app_predicts_with_a_fine_tuned_models_own_head_and_says_so(tiny, tmp_path):
+    from indexing.build import build
+    from retrieval_app.service import RetrievalService
+    from training.export import export_run
+    from training.finetune import finetune
+
+    root, archive, model = tiny
+    finetune(_config(model, min_steps=12), str(archive), tmp_path / "run")
+    classifier = tmp_path / "tiny-ft"
+    export_run(tmp_path / "run", classifier)
+    build(classifier, archive, tmp_path / "ix")
+    service = RetrievalService.open([classifier], tmp_path / "ix")
+    try:
+        tile = archive / "2750" / "River" / "River_3.jpg"
+        result = service.query(tile, k=3).models["tiny-ft"]
+        assert result.head_name == "fine-tuned head" and "fine-tuned" in result.display
+        from retrieval_app.upload import decode_query
+
+        image = decode_query(tile, ExportedEncoder(classifier).card).image
+        logits = ExportedEncoder(classifier).logits(image[None])[0]
+        p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert max(result.probabilities, key=result.probabilities.get) == ["Forest", "River", "SeaLake"][p.argmax()]
+        assert abs(max(result.probabilities.values()) - p.max()) < 1e-5
+        assert "fine-tuned head" in service.query(tile, k=3).summary()
+    finally:
+        service.close()

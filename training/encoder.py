@@ -83,7 +83,12 @@ class ExportedEncoder:
 
     def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """A fine-tuned classifier's logits [B, classes] (softmax gives probabilities)."""
+        return self.embed_and_logits(images)[1]
+
+    def embed_and_logits(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A fine-tuned classifier's (embeddings [B, D], logits [B, classes]) from one run of the graph."""
         if self.classes is None:
             raise ValueError(f"model {self.name!r} is an encoder, not a fine-tuned classifier: it has no logits "
                              "(fine-tune it with `python -m training finetune --init ...`)")
-        return self.session.run(["logits"], {"image": self.prepare(images)})[0]
+        embedding, logits = self.session.run(["embedding", "logits"], {"image": self.prepare(images)})
+        return embedding, logits
