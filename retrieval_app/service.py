@@ -275,7 +275,7 @@ class RetrievalService:
         found = next(iter(cursor.fetchall()), None)
         if found is None:
             raise QueryError(f"{sample_id!r} is not in the catalogue of {key}: choose a result of the last query.")
-        return _clean(dict(zip(names, found)))
+        return clean_row(dict(zip(names, found)))
 
     # ---- queries ---------------------------------------------------------------------------------------------
 
@@ -390,7 +390,7 @@ class RetrievalService:
             "SELECT * FROM images WHERE footprint IS NOT NULL AND lon BETWEEN ? AND ? AND lat BETWEEN ? AND ? "
             "ORDER BY sample_id LIMIT ?", [min_lon, max_lon, min_lat, max_lat, limit + 1])
         names = [d[0] for d in cursor.description]
-        rows = [_clean(dict(zip(names, found))) for found in cursor.fetchall()]
+        rows = [clean_row(dict(zip(names, found))) for found in cursor.fetchall()]
         if len(rows) > limit:
             return []
         return [(footprint_ring(row), self._pixels(model, row)) for row in rows]
@@ -415,6 +415,10 @@ class RetrievalService:
     @property
     def _first(self) -> LoadedModel:
         return next(iter(self.models.values()))
+
+    def catalogue(self, key: str) -> Any:
+        """Model ``key``'s DuckDB catalogue, through a cursor owned by the calling thread."""
+        return self._opened(self._model(key)).con
 
     def _model(self, key: str) -> LoadedModel:
         if key not in self.models:
@@ -479,9 +483,9 @@ class RetrievalService:
         if filters.empty and rows is not None:
             scores, ids = faiss_search(opened.index, query, k, int(opened.manifest.get("nprobe", 0)))  # [1, k]
             found = ids[0] >= 0
-            return [_clean(r) for r in rows.rows(opened.con, ids[0][found], scores[0][found])[:k]]
+            return [clean_row(r) for r in rows.rows(opened.con, ids[0][found], scores[0][found])[:k]]
         if filters.empty:
-            return [_clean(r) for r in search_vectors(opened, query, k)[0]]
+            return [clean_row(r) for r in search_vectors(opened, query, k)[0]]
         ids = allowed_ids(opened.con, filters)
         if len(ids) == 0:
             return []
@@ -490,7 +494,7 @@ class RetrievalService:
             rows = search_vectors(opened, query, k, "id IN (SELECT id FROM _app_allowed)")[0]
         finally:
             opened.con.unregister("_app_allowed")
-        return [_clean(r) for r in rows]
+        return [clean_row(r) for r in rows]
 
     def _dataset(self, model: LoadedModel) -> tuple[Any, dict[str, int]]:
         with self._lock:
@@ -596,6 +600,6 @@ def footprint_ring(row: dict[str, Any]) -> Ring | None:
     return [(float(x), float(y)) for x, y in json.loads(text)["coordinates"][0]]
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
     """NaN floats (missing lat/lon/gsd) as None."""
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}

@@ -1,0 +1,145 @@
+"""The label-efficiency report: test accuracy against labelled images per class, frozen and fine-tuned.
+
+    python study/label_report.py eurosat   # and: aid
+    python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
+
+Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
+study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
+fine-tuning runs of ``study/finetune.sh <dataset>`` (``runs/finetune/<dataset>-<init>-<percent>/``). With
+``--test`` each run's exported classifier is scored by its own head on the test split and the numbers are kept in
+``study/finetune-<dataset>-test.json`` (with the run's val accuracy, labelled images, steps and core-minutes), so
+that the figure and the table can be redrawn from the repository alone. Writes
+``study/figures/label_efficiency_<dataset>.png`` (x: labelled images per class, log scale; y: test accuracy) and
+prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": REPO.parent / "shared" / "data" / "aid"}
+RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)$")
+
+
+def core_minutes(metrics: Path) -> float:
+    """Training compute of a run: each stretch of training seconds times the threads that ran it."""
+    total, previous = 0.0, 0.0
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        if "train_seconds" in record:
+            total += (record["train_seconds"] - previous) * record["threads"]
+            previous = record["train_seconds"]
+    return total / 60
+
+
+def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
+    """Test accuracy of every finished run's exported classifier (its own head), with its provenance."""
+    import torch
+
+    from training.data import open_archive
+    from training.encoder import ExportedEncoder
+
+    test = open_archive(ARCHIVES[dataset], "test")
+    scored = {}
+    for run in sorted(runs.glob(f"{dataset}-*")):
+        match, card_path = RUN_NAME.match(run.name), run / "export" / "model_card.json"
+        if match is None or not card_path.is_file():
+            continue
+        encoder = ExportedEncoder(run / "export")
+        correct = total = 0
+        for start in range(0, len(test), 256):
+            batch = [test[i] for i in range(start, min(start + 256, len(test)))]
+            logits = encoder.logits(torch.stack([s["image"] for s in batch]))
+            correct += int((logits.argmax(1) == np.array([s["label"] for s in batch])).sum())
+            total += len(batch)
+        card = encoder.card
+        scored[run.name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": correct / total,
+                            "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
+                            "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
+                            "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
+                            "device": card.get("training_device"), "lr": card["finetune"]["lr"]}
+        print(f"{run.name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
+    return scored
+
+
+def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
+    """One panel per protocol (linear probe, kNN, fine-tuned): accuracy against labelled images per class."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
+    colours = {}
+    for name in frozen:
+        colours.setdefault(name, f"C{len(colours)}")
+    for ax, metric, title in ((axes[0], "linear", "linear probe (frozen)"), (axes[1], "kNN20", "kNN20 (frozen)")):
+        for name, budgets in frozen.items():
+            rows = sorted(budgets.values(), key=lambda r: r["per_class"])
+            x = [r["per_class"] for r in rows]
+            y = np.array([100 * r[metric] for r in rows])
+            sd = np.array([100 * r[f"{metric}_sd"] for r in rows])
+            style = "--" if name in ("raw-pixels", "colour-histogram", "colour-histogram-hellinger", "random-init") else "-"
+            ax.plot(x, y, style, marker="o", color=colours[name], label=name)
+            ax.fill_between(x, y - sd, y + sd, color=colours[name], alpha=0.15)
+        ax.set_title(title)
+    by_init: dict[str, list] = {}
+    for row in tuned.values():
+        by_init.setdefault(row["init"], []).append(row)
+    for init, rows in by_init.items():
+        rows.sort(key=lambda r: r["per_class"])
+        label = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
+        axes[2].plot([r["per_class"] for r in rows], [100 * r["test_accuracy"] for r in rows],
+                     "--" if init == "random" else "-", marker="s", color=colours.get(init, "black"), label=label)
+    axes[2].set_title("fine-tuned end to end")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled train images per class")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel(f"{dataset} test accuracy (%)")
+    fig.suptitle(f"{dataset}: test accuracy against labels (frozen: mean ± sd over 3 label draws; fine-tuned: one run)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(out)
+
+
+def table(frozen: dict, tuned: dict) -> str:
+    """Markdown: one row per method, one column per label budget (the fine-tuned rows where they exist)."""
+    budgets = list(next(iter(frozen.values())))
+    lines = ["| method | " + " | ".join(budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for name, rows in frozen.items():
+        cells = [f"{100 * rows[b]['linear']:.1f} / {100 * rows[b]['kNN20']:.1f}" for b in budgets]
+        lines.append(f"| {name} (frozen: linear / kNN) | " + " | ".join(cells) + " |")
+    inits = sorted({r["init"] for r in tuned.values()}, key=lambda i: (i == "random", i))
+    for init in inits:
+        found = {f"{r['percent']:g}%": r for r in tuned.values() if r["init"] == init}
+        cells = [f"**{100 * found[b]['test_accuracy']:.1f}**" if b in found else "—" for b in budgets]
+        name = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(ARCHIVES))
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "finetune")
+    parser.add_argument("--test", action="store_true", help="score the fine-tuned runs on test (once) first")
+    args = parser.parse_args()
+    kept = REPO / "study" / f"finetune-{args.dataset}-test.json"
+    if args.test:
+        kept.write_text(json.dumps(score_runs(args.dataset, args.runs), indent=1))
+    tuned = json.loads(kept.read_text()) if kept.is_file() else {}
+    frozen = json.loads((REPO / "study" / f"label-efficiency-{args.dataset}.json").read_text())["label_efficiency"]
+    draw(args.dataset, frozen, tuned, REPO / "study" / "figures" / f"label_efficiency_{args.dataset}.png")
+    print(table(frozen, tuned))
+
+
+if __name__ == "__main__":
+    main()
