@@ -24,7 +24,7 @@ from indexing.catalog import load_vectors
 
 from .filters import Filters, allowed_ids
 from .loop import RANKERS, ranked
-from .service import QueryError, RetrievalService, clean_row
+from .service import ModelResult, QueryError, QueryResult, RetrievalService, clean_row, knn_vote, mark_shared
 
 SESSION_FORMAT = "satjepa-search-session"
 SESSION_VERSION = 1
@@ -62,8 +62,11 @@ class SearchSession:
     ranker: str = DEFAULT_RANKER
     filters: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SESSION_FORMAT, "version": SESSION_VERSION, **asdict(self)}
+
     def to_json(self) -> str:
-        return json.dumps({"format": SESSION_FORMAT, "version": SESSION_VERSION, **asdict(self)}, indent=1)
+        return json.dumps(self.to_dict(), indent=1)
 
     @property
     def positive_ids(self) -> list[str]:
@@ -78,10 +81,15 @@ def read_session(path: str | Path) -> SearchSession:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SessionError(f"{path.name} is not a readable JSON session file ({err}): save one with "
                            "'Save session' and load that file.") from None
+    return session_from_dict(data, path.name)
+
+
+def session_from_dict(data: Any, source: str = "the session") -> SearchSession:
+    """A :class:`SearchSession` from its JSON form (a file's, or an API call's); SessionError names what is wrong."""
     if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
-        raise SessionError(f"{path.name} is not a satjepa search session (its 'format' is not {SESSION_FORMAT!r}).")
+        raise SessionError(f"{source} is not a satjepa search session (its 'format' is not {SESSION_FORMAT!r}).")
     if data.get("version") != SESSION_VERSION:
-        raise SessionError(f"{path.name} is a version {data.get('version')!r} session; this app reads version "
+        raise SessionError(f"{source} is a version {data.get('version')!r} session; this app reads version "
                            f"{SESSION_VERSION}.")
     try:
         marks = {key: [Mark(**m) for m in data.get(key, [])] for key in ("examples", "positives", "negatives")}
@@ -89,10 +97,10 @@ def read_session(path: str | Path) -> SearchSession:
                                 ranker=str(data.get("ranker", DEFAULT_RANKER)), filters=dict(data.get("filters", {})),
                                 **marks)
     except (KeyError, TypeError) as err:
-        raise SessionError(f"{path.name}: a field is missing or malformed ({err}); it was edited or is broken: "
+        raise SessionError(f"{source}: a field is missing or malformed ({err}); it was edited or is broken: "
                            "save the session again.") from None
     if session.ranker not in RANKERS:
-        raise SessionError(f"{path.name}: unknown ranker {session.ranker!r}: one of {sorted(RANKERS)}.")
+        raise SessionError(f"{source}: unknown ranker {session.ranker!r}: one of {sorted(RANKERS)}.")
     return session
 
 
@@ -140,12 +148,14 @@ class Finder:
             vectors[key] = (v / max(float(np.linalg.norm(v)), 1e-12)).round(6).tolist()
         return {"name": Path(image).name, "sha256": upload.sha256, "vectors": vectors}
 
-    def load(self, path: str | Path) -> tuple[SearchSession, list[str]]:
-        """Read a session file saved from this archive; returns it with the marks whose tiles are gone (or changed:
-        another content hash), each reported, none silently dropped. Raises SessionError for another archive."""
-        session = read_session(path)
+    def load(self, path: str | Path | dict[str, Any]) -> tuple[SearchSession, list[str]]:
+        """Read a session (a file saved from this archive, or its JSON form); returns it with the marks whose tiles
+        are gone (or changed: another content hash), each reported, none silently dropped. Raises SessionError for
+        another archive or a broken file."""
+        source = "the session" if isinstance(path, dict) else Path(path).name
+        session = session_from_dict(path, source) if isinstance(path, dict) else read_session(path)
         if Path(session.archive).resolve() != Path(self.archive).resolve():
-            raise SessionError(f"{Path(path).name} was saved from the archive {session.archive}, not from "
+            raise SessionError(f"{source} was saved from the archive {session.archive}, not from "
                                f"{self.archive}: choose that archive first (or index it).")
         missing = []
         for kind in ("examples", "positives", "negatives"):
@@ -162,6 +172,25 @@ class Finder:
                 kept.append(current)
             setattr(session, kind, kept)
         return session, missing
+
+    def tile_at(self, lat: float, lon: float) -> tuple[str, float]:
+        """The archive tile at a place: the one whose footprint holds (lat, lon), else the nearest centre; returns
+        (sample_id, distance of its centre in km). QueryError when the archive has no located tiles."""
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise QueryError(f"({lat}, {lon}) is not a place: latitude -90..90, longitude -180..180 (degrees).")
+        con = self.service.catalogue(next(iter(self.service.models)))
+        found = con.execute("""SELECT sample_id, footprint, 6371 * 2 * asin(sqrt(
+                 sin(radians(lat - ?) / 2) ^ 2 + cos(radians(?)) * cos(radians(lat)) * sin(radians(lon - ?) / 2) ^ 2)) AS km
+               FROM images WHERE lat IS NOT NULL AND lon IS NOT NULL ORDER BY km LIMIT 9""", [lat, lat, lon]).fetchall()
+        if not found:
+            raise QueryError("This archive's tiles carry no coordinates: choose a located archive to search by place.")
+        from shapely.geometry import Point, shape
+
+        here = Point(lon, lat)
+        for sample_id, footprint, km in found:
+            if footprint and shape(json.loads(footprint)).covers(here):
+                return sample_id, float(km)
+        return found[0][0], float(found[0][2])
 
     # ---- ranking -------------------------------------------------------------------------------------------
 
@@ -213,6 +242,37 @@ class Finder:
         for rank, hit in enumerate(hits, 1):
             hit["rank"] = rank
         return hits
+
+    def search_result(self, session: SearchSession, k: int = 20, filters: Filters | None = None) -> QueryResult:
+        """Every model's :meth:`search` as a :class:`QueryResult` (the page renders it as it renders a query): the
+        query shown is the session's first example (an archive tile), or its first upload's name when it has none."""
+        import time
+
+        filters = filters or Filters()
+        started = time.perf_counter()
+        results = {}
+        for key, model in self.service.models.items():
+            t0 = time.perf_counter()
+            hits = self.search(key, session, k, filters)
+            for hit in hits:
+                hit.update(is_query=False, also_in=[])
+            note = "" if hits else "no unmarked tile matches the filters."
+            results[key] = ModelResult(key, model.display, hits, None, knn_vote(hits),
+                                       {"embed": 0.0, "search": (time.perf_counter() - t0) * 1e3}, note, "")
+        mark_shared(results)
+        first = next(iter(self.service.models.values()))
+        if session.examples:
+            query = self.service.read_row(first, self.service.row(first.key, session.examples[0].sample_id))
+        else:  # started from uploads: no archive tile to show as the query
+            import torch
+
+            from .upload import QueryImage
+
+            size, bands = int(first.encoder.card["input_size"]), int(first.encoder.card["bands"])
+            query = QueryImage(torch.zeros(bands, size, size), np.full((8, 8, 3), 230, np.uint8), "upload", (0, 0, 0))
+        query.note = (f"Searched with {len(session.positive_ids) + len(session.uploads)} example(s) and ✓, "
+                      f"{len(session.negatives)} ✗, ranker {session.ranker}; marked tiles are not shown again.")
+        return QueryResult(results, query, k, filters, {"total": (time.perf_counter() - started) * 1e3})
 
     def find_all(self, key: str, session: SearchSession, threshold: float | None = None, top_n: int | None = None,
                  filters: Filters | None = None) -> dict[str, Any]:

@@ -161,6 +161,9 @@ class QueryResult:
             verdict = ""
             if r.prediction and r.knn_prediction:
                 verdict = " — they agree" if r.prediction == r.knn_prediction else " — they differ"
+            if not r.head_name:  # a search with marks: no single query to classify
+                lines.append(f"* {r.display}: kNN vote of its results {knn}")
+                continue
             lines.append(f"* {r.display}: {r.head_name} {probe}; kNN vote of its neighbours {knn}{verdict}")
         if len(results) >= 2:
             a, b = results[0], results[1]
@@ -310,7 +313,7 @@ class RetrievalService:
         else:  # the first model on this thread, the others on the pool, at the same time
             others = [(m.key, self._pool.submit(answer, m)) for m in models[1:]]
             results = {models[0].key: answer(models[0])} | {key: future.result() for key, future in others}
-        _mark_shared(results)
+        mark_shared(results)
         timings["total"] = (time.perf_counter() - start) * 1e3
         return QueryResult(results, first, k, filters, timings)
 
@@ -470,7 +473,7 @@ class RetrievalService:
         for rank, hit in enumerate(hits, 1):
             hit.update(rank=rank, is_query=query_hash is not None and hit["hash"] == query_hash, also_in=[])
         note = "" if hits else f"no catalogue image matches the filters ({filters.describe()})."
-        return ModelResult(model.key, model.display, hits, probabilities, _knn_vote(hits),
+        return ModelResult(model.key, model.display, hits, probabilities, knn_vote(hits),
                            {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note, model.head_name)
 
     @staticmethod
@@ -572,7 +575,7 @@ def _softmax(logits: np.ndarray, classes: list[str]) -> dict[str, float]:
     return {classes[i]: float(p[i]) for i in order if p[i] > 0}
 
 
-def _knn_vote(hits: list[dict[str, Any]]) -> dict[str, float]:
+def knn_vote(hits: list[dict[str, Any]]) -> dict[str, float]:
     """Weighted vote {label: share} of the labelled hits (the query itself excluded), weights exp(s / 0.07)."""
     votes: dict[str, float] = {}
     voters = [h for h in hits if h.get("label") and not h["is_query"]]
@@ -585,7 +588,7 @@ def _knn_vote(hits: list[dict[str, Any]]) -> dict[str, float]:
     return dict(sorted(((k, v / total) for k, v in votes.items()), key=lambda kv: -kv[1]))
 
 
-def _mark_shared(results: dict[str, ModelResult]) -> None:
+def mark_shared(results: dict[str, ModelResult]) -> None:
     for key, result in results.items():
         for hit in result.hits:
             hit["also_in"] = [other for other, r in results.items() if other != key

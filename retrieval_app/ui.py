@@ -12,6 +12,7 @@ traceback on the server and reported as an internal error, and the server keeps 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -24,8 +25,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from training.data import UnreadableImageError
 
+from . import ui_loop
 from .export import write_csv, write_geojson
 from .filters import FilterError, parse_filters
+from .finder import DEFAULT_RANKER, Finder, SessionError
+from .loop import RANKERS
 from .images import ImageFiles
 from .plots import results_map
 from .service import QueryError, QueryResult, RetrievalService
@@ -34,7 +38,7 @@ from .upload import LARGE_MODES, UPLOAD_HARD_CAP, UploadError
 logger = logging.getLogger(__name__)
 
 #: Errors whose message is meant for the user.
-USER_ERRORS = (UploadError, QueryError, FilterError, UnreadableImageError, FileNotFoundError)
+USER_ERRORS = (UploadError, QueryError, FilterError, SessionError, UnreadableImageError, FileNotFoundError)
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".webp", ".bmp"]
 MAX_GALLERY = 50
 #: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable). The result galleries are
@@ -116,6 +120,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     labels = {name: s.catalogue_values("label") for name, s in services.items()}
     splits = {name: s.catalogue_values("split") for name, s in services.items()}
     examples = {name: s.examples() for name, s in services.items()}
+    finders = {name: Finder(service) for name, service in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
     images = ImageFiles(export_root / "images")
     no_map = images.path(_placeholder("No locations: this archive's images carry no coordinates.",
@@ -141,8 +146,13 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
 
     @_guarded
     def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
-        service = _service(archive)
         result = _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
+        return render(_service(archive), result)
+
+    def render(service: RetrievalService, result: QueryResult, preview: bool = True) -> list[Any]:
+        """Everything the page shows of one result (a query, or a search with marks): status, the query as the
+        models see it (unless ``preview`` is off), per model probabilities, kNN vote and gallery, the map, the
+        exports, the result ids and the explanation's model and result."""
         notes = [result.query.note] if result.query.note else []
         notes += [f"{r.display}: {r.note}" for r in result.models.values() if r.note]
         if not result.filters.empty:
@@ -151,7 +161,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                            for r in result.models.values())
         status = "\n\n".join([result.summary(), *notes, f"<small>{SCORE_NOTE}</small>",
                                 f"<small>total {result.timings_ms['total']:.0f} ms; {timing}</small>"])
-        outputs: list[Any] = [status, images.path(_preview(result.query.display))]
+        outputs: list[Any] = [status, images.path(_preview(result.query.display)) if preview else gr.skip()]
         state = {}
         for key in keys:
             r = result.models[key]
@@ -193,6 +203,108 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 f"{out['mean_best']:.2f}). Bright areas are what matched.")
         return images.path(out["query"]), images.path(out["result"]), text
 
+    def _finder(archive: str | None) -> Finder:
+        return finders[archive if archive in finders else names[0]]
+
+    def _sliders(finder: Finder, session, filters) -> tuple[list[Any], str]:
+        """Each model's threshold slider over its best scores, set at its 100th best; and what those keep."""
+        sliders, values = [], {}
+        for key in keys:
+            low, high, value = (round(v, 4) for v in ui_loop.threshold_range(finder, key, session, filters))
+            sliders.append(gr.Slider(minimum=low, maximum=high, value=value))
+            values[key] = value
+        return sliders, ui_loop.counts_markdown(finder, session, values, filters, display)
+
+    @_guarded
+    def start_loop(upload, example, ranker, large, label_filter, split_filter, date_from, date_to, bbox, archive):
+        """After a query: a new search session from it, the thresholds set to its scores."""
+        finder = _finder(archive)
+        filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
+        session = ui_loop.start(finder, upload, example, ranker, large)
+        sliders, counts = _sliders(finder, session, filters)
+        return [session, ui_loop.marks_markdown(session), *sliders, counts]
+
+    @_guarded
+    def run_loop(session, ranker, k, label_filter, split_filter, date_from, date_to, bbox, archive):
+        """Search again with the session's examples and marks: the galleries show the best unmarked tiles."""
+        if session is None:
+            raise QueryError("Search first (upload or pick a tile), then mark results and search again.")
+        finder, filters = _finder(archive), parse_filters(label_filter, split_filter, date_from, date_to, bbox)
+        session.ranker = ranker or session.ranker
+        result = finder.search_result(session, int(k or 10), filters)
+        sliders, counts = _sliders(finder, session, filters)
+        return [*render(_service(archive), result, preview=False), session, ui_loop.marks_markdown(session),
+                *sliders, counts]
+
+    @_guarded
+    def on_threshold(session, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
+        filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
+        return ui_loop.counts_markdown(_finder(archive), session, dict(zip(keys, thresholds)), filters, display)
+
+    @_guarded
+    def run_find_all(session, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
+        """Every tile above each model's threshold: the list, the map; exported only when asked."""
+        finder, filters = _finder(archive), parse_filters(label_filter, split_filter, date_from, date_to, bbox)
+        rows, finds, summary = ui_loop.find_all(finder, session, dict(zip(keys, thresholds)), filters)
+        result = finder.search_result(session, 1, filters)
+        for key in keys:
+            result.models[key].hits = [{**h, "rank": n, "also_in": [], "is_query": False}
+                                       for n, h in enumerate(finds[key]["hits"][:500], 1)]
+        service = _service(archive)
+        located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
+        return rows, summary, finds, images.path(located) if located is not None else no_map
+
+    def clicker(key: str) -> Callable:
+        """Gallery click handler of model ``key``: choose the result for the explanation, or mark it ✓ / ✗ (the
+        same mark again clears it)."""
+
+        @_guarded
+        def click(state, session, mode, archive, evt: gr.SelectData):
+            ids = (state or {}).get(key, [])
+            chosen = ids[evt.index] if isinstance(evt.index, int) and evt.index < len(ids) else None
+            if mode == ui_loop.CLICK_MODES[0] or chosen is None:
+                return gr.Radio(value=key), gr.Dropdown(choices=ids, value=chosen), session, gr.skip()
+            verdict = "✓" if mode == ui_loop.CLICK_MODES[1] else "✗"
+            session = ui_loop.toggle_mark(_finder(archive), session, chosen, verdict)
+            return gr.skip(), gr.skip(), session, ui_loop.marks_markdown(session)
+
+        return click
+
+    def explain_if_asked(mode, upload, example, model, result_id, large, archive):
+        if mode != ui_loop.CLICK_MODES[0]:
+            return gr.skip(), gr.skip(), gr.skip()
+        return run_explain(upload, example, model, result_id, large, archive)
+
+    @_guarded
+    def query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+        """A new query from an archive tile (a result, or the tile at a place): the example, no upload."""
+        if not sample_id:
+            raise QueryError("Choose a result first (click one in a gallery), or type a place.")
+        outputs = run_query(None, sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
+        return [*outputs, gr.Dropdown(value=sample_id), None]
+
+    @_guarded
+    def query_from_place(place, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+        try:
+            lat, lon = (float(v) for v in str(place).replace(";", ",").split(","))
+        except ValueError:
+            raise QueryError(f"{place!r} is not a place: type latitude, longitude in degrees, e.g. 47.03, -99.15.")
+        sample_id, km = _finder(archive).tile_at(lat, lon)
+        gr.Info(f"The archive tile at ({lat:.4f}, {lon:.4f}): {sample_id} ({km:.2f} km from its centre).")
+        return query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
+
+    @_guarded
+    def run_add_example(session, sample_id, archive):
+        session = ui_loop.add_example(_finder(archive), session, sample_id)
+        return session, ui_loop.marks_markdown(session)
+
+    @_guarded
+    def run_load_session(path, archive):
+        if not path:
+            return gr.skip(), gr.skip()
+        session, note = ui_loop.load_session(_finder(archive), path)
+        return session, note + "\n\n" + ui_loop.marks_markdown(session)
+
     def on_model(model, state):
         ids = (state or {}).get(model, [])
         return gr.Dropdown(choices=ids, value=ids[0] if ids else None)
@@ -220,6 +332,10 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                  file_types=FILE_TYPES, type="filepath", elem_id="upload")
                 example = gr.Dropdown(choices=examples[names[0]], value=None, label="…or an example from the archive",
                                       elem_id="example", allow_custom_value=True)
+                with gr.Row():
+                    place = gr.Textbox(label="…or the tile at a place (lat, lon)", placeholder="47.03, -99.15",
+                                       elem_id="place", scale=3)
+                    place_button = gr.Button("Search here", elem_id="search-place", scale=1)
                 k = gr.Slider(1, MAX_GALLERY, value=10, step=1, label="k (neighbours per model)")
                 large = gr.Radio(list(LARGE_MODES), value=LARGE_MODES[0], label="GeoTIFF larger than a chip")
                 with gr.Accordion("Filters", open=False):
@@ -251,6 +367,35 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                     class_labels.append(gr.Label(label=f"{display[key]}: kNN vote of the neighbours",
                                                  num_top_classes=5, visible=bool(labels[names[0]]),
                                                  elem_id=f"knn-{key}"))
+        session_state, finds_state = gr.State(None), gr.State(None)
+        with gr.Accordion("Find every scene like these: mark results ✓ / ✗, search again, keep all above a score",
+                          open=True, elem_id="loop"):
+            with gr.Row():
+                click_mode = gr.Radio(list(ui_loop.CLICK_MODES), value=ui_loop.CLICK_MODES[0],
+                                      label="A click on a result will", elem_id="click-mode")
+                ranker = gr.Radio(sorted(RANKERS), value=DEFAULT_RANKER, label="Ranker (benchmarks/bench_loop.py)",
+                                  elem_id="ranker")
+                with gr.Column():
+                    loop_button = gr.Button("Search again with the marks", variant="primary", elem_id="search-marks")
+                    with gr.Row():
+                        add_example = gr.Button("Add the chosen result as an example", elem_id="add-example")
+                        search_with = gr.Button("Search with the chosen result", elem_id="search-with")
+            marks_view = gr.Markdown(ui_loop.marks_markdown(None), elem_id="marks")
+            with gr.Row():
+                thresholds = [gr.Slider(0, 1, value=0.5, step=0.0001, label=f"{display[key]}: keep tiles scoring at least",
+                                        elem_id=f"threshold-{key}") for key in keys]
+            counts = gr.Markdown(elem_id="counts")
+            with gr.Row():
+                find_button = gr.Button("Find all", variant="primary", elem_id="find-all")
+                export_finds = gr.Button("Export the finds (GeoJSON, touching tiles merged)", elem_id="export-finds")
+                save_session = gr.Button("Save the search session", elem_id="save-session")
+            finds_summary = gr.Markdown(elem_id="finds-summary")
+            finds_table = gr.Dataframe(headers=ui_loop.FIND_COLUMNS, interactive=False, elem_id="finds", max_height=320)
+            with gr.Row():
+                finds_file = gr.File(label="Finds (GeoJSON)", interactive=False, elem_id="finds-file")
+                session_file = gr.File(label="Search session (JSON)", interactive=False, elem_id="session-file")
+                load_session = gr.File(label="Load a search session (JSON)", file_types=[".json"], type="filepath",
+                                       elem_id="load-session")
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Why this match")
@@ -276,17 +421,46 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         explain_outputs = [heat_query, heat_result, explain_text]
         # After each query the first result of the first model is explained right away.
         per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
-        search.click(run_query, inputs, [status, query_view, *per_model, result_map, csv_file, geojson_file, state,
-                                         explain_model, explain_id], api_name="query") \
+        page = [status, query_view, *per_model, result_map, csv_file, geojson_file, state, explain_model, explain_id]
+        filter_inputs = [label_filter, split_filter, date_from, date_to, bbox]
+        loop_outputs = [session_state, marks_view, *thresholds, counts]
+
+        def after_query(event) -> None:
+            """A query explains its first result right away and starts a search session from itself."""
+            event.success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+            event.success(start_loop, [upload, example, ranker, large, *filter_inputs, archive], loop_outputs,
+                          api_visibility="private")
+
+        after_query(search.click(run_query, inputs, page, api_name="query"))
+        after_query(place_button.click(query_from_place, [place, k, *filter_inputs, large, archive],
+                                       [*page, example, upload], api_visibility="private"))
+        after_query(search_with.click(query_from, [explain_id, k, *filter_inputs, large, archive],
+                                      [*page, example, upload], api_visibility="private"))
+        loop_button.click(run_loop, [session_state, ranker, k, *filter_inputs, archive], [*page, *loop_outputs],
+                          api_visibility="private") \
             .success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+        for slider in thresholds:
+            slider.input(on_threshold, [session_state, *filter_inputs, archive, *thresholds], [counts],
+                         api_visibility="private", trigger_mode="always_last")
+        find_button.click(run_find_all, [session_state, *filter_inputs, archive, *thresholds],
+                          [finds_table, finds_summary, finds_state, result_map], api_visibility="private")
+        export_finds.click(_guarded(lambda finds: ui_loop.write_finds(finds, export_root)), [finds_state],
+                           [finds_file], api_visibility="private")
+        save_session.click(_guarded(lambda session: ui_loop.write_session(session, export_root)), [session_state],
+                           [session_file], api_visibility="private")
+        load_session.upload(run_load_session, [load_session, archive], [session_state, marks_view],
+                            api_visibility="private")
+        add_example.click(run_add_example, [session_state, explain_id, archive], [session_state, marks_view],
+                          api_visibility="private")
         upload.upload(preview_upload, [upload, large, archive], [query_view], api_visibility="private")
         archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id,
                                                *class_labels[1::2]], api_visibility="private")
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
         for key, gallery in zip(keys, galleries):
-            gallery.select(_picker(key), [state], [explain_model, explain_id], api_visibility="private") \
-                .then(run_explain, explain_inputs, [heat_query, heat_result, explain_text], api_visibility="private")
+            gallery.select(clicker(key), [state, session_state, click_mode, archive],
+                           [explain_model, explain_id, session_state, marks_view], api_visibility="private") \
+                .then(explain_if_asked, [click_mode, *explain_inputs], explain_outputs, api_visibility="private")
         export_button = gr.Button("Export CSV + GeoJSON", visible=False)
         export_button.click(run_export, inputs, [csv_file, geojson_file], api_name="export")
 
@@ -305,19 +479,67 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         hidden.click(classify, [upload, example, large, archive], classes_json, api_name="classify",
                      api_description="Per model: linear-probe probabilities, kNN vote (k = 20), predicted classes.")
         gr.api(list_examples, api_name="examples")
+
+        # The loop as API endpoints: a session travels as its JSON form (the file "Save session" writes).
+        def loop_start(example: str, ranker: str = DEFAULT_RANKER, archive: str = names[0]) -> dict:
+            """A new search session from an archive tile (a sample id, e.g. from /examples, /loop_place or a
+            result)."""
+            return _guarded(lambda: _finder(archive).new_session([example], ranker=ranker).to_dict())()
+
+        def loop_place(lat: float, lon: float, archive: str = names[0]) -> dict:
+            """The archive tile at a place: ``{"sample_id", "km"}`` (distance from its centre)."""
+            return _guarded(lambda: dict(zip(("sample_id", "km"), _finder(archive).tile_at(lat, lon))))()
+
+        def loop_mark(session: dict, sample_id: str, verdict: str, archive: str = names[0]) -> dict:
+            """The session with ``sample_id`` marked "✓" (right) or "✗" (wrong); the same mark again clears it."""
+            def mark():
+                finder = _finder(archive)
+                if verdict not in ("✓", "✗"):
+                    raise QueryError(f"verdict {verdict!r}: give '✓' (right) or '✗' (wrong).")
+                return ui_loop.toggle_mark(finder, finder.load(session)[0], sample_id, verdict).to_dict()
+            return _guarded(mark)()
+
+        def loop_search(session: dict, k: int = 20, archive: str = names[0]) -> dict:
+            """Per model, the best ``k`` unmarked tiles under the session's ranker: ``{model: [hit, ...]}``."""
+            def search():
+                finder = _finder(archive)
+                loaded = finder.load(session)[0]
+                return {key: [_json_hit(h) for h in finder.search(key, loaded, int(k))] for key in keys}
+            return _guarded(search)()
+
+        def loop_find_all(session: dict, thresholds: dict | None = None, top_n: int | None = None,
+                          archive: str = names[0]) -> dict:
+            """Per model every tile scoring >= its threshold (``{model: score}``), or the best ``top_n``, with the
+            finds merged into polygons: ``{"finds": {model: {"count", "hits"}}, "geojson": FeatureCollection}``."""
+            def find():
+                finder = _finder(archive)
+                loaded = finder.load(session)[0]
+                finds = {key: finder.find_all(key, loaded, threshold=(thresholds or {}).get(key), top_n=top_n)
+                         for key in keys}
+                from .finder import finds_geojson
+
+                return {"finds": {key: {"count": f["count"], "threshold": f["threshold"],
+                                        "hits": [_json_hit(h) for h in f["hits"]]} for key, f in finds.items()},
+                        "geojson": json.loads(json.dumps(finds_geojson(finds), default=str))}
+            return _guarded(find)()
+
+        def loop_load(session: dict, archive: str = names[0]) -> dict:
+            """Check a saved session against the archive: ``{"session", "missing": [what could not be restored]}``."""
+            def load():
+                loaded, missing = _finder(archive).load(session)
+                return {"session": loaded.to_dict(), "missing": missing}
+            return _guarded(load)()
+
+        for endpoint in (loop_start, loop_place, loop_mark, loop_search, loop_find_all, loop_load):
+            gr.api(endpoint, api_name=endpoint.__name__)
     return demo
+
+
+def _json_hit(hit: dict[str, Any]) -> dict[str, Any]:
+    """A hit as JSON values (scores as floats)."""
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in hit.items()
+            if k not in ("also_in", "is_query")}
 
 
 def _preview(display: np.ndarray, size: int = 256) -> Image.Image:
     return Image.fromarray(display).resize((size, size), Image.NEAREST)
-
-
-def _picker(key: str) -> Callable:
-    """Gallery click handler of model ``key``: select that model and the clicked result for the explanation."""
-
-    def pick(state: dict[str, list[str]], evt: gr.SelectData) -> tuple[Any, Any]:
-        ids = (state or {}).get(key, [])
-        chosen = ids[evt.index] if isinstance(evt.index, int) and evt.index < len(ids) else None
-        return gr.Radio(value=key), gr.Dropdown(choices=ids, value=chosen)
-
-    return pick

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The label-efficiency study's fine-tuning runs (RESULTS.md, "Few labels"). Run from the repository root:
-#   bash study/finetune.sh sweep              # the recipe on EuroSAT val: peak lr at 10 % of the labels
-#   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1)
-#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits
+#   bash study/finetune.sh sweep              # the recipe on EuroSAT val: peak lr at 10 % of the labels, per init
+#   bash study/finetune.sh choose             # -> study/finetune-sweep.json: each init's best lr on val
+#   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1), chosen lr
+#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (EuroSAT's lr choice)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
 # there is nothing pretrained to protect). The paper's I-JEPA row needs its pretraining run (RUNS/ijepa-150*).
+# Lengths: 30 passes over a 1 % or 10 % subset (at least 300 steps; AID 200), FULL_EPOCHS (default 8) at 100 %;
+# the session's AID runs used FULL_EPOCHS=4 (a 128 px image costs ~5x a 64 px one), 5 val measurements of 1,000.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 runs=${RUNS:-runs/finetune}
@@ -37,25 +40,42 @@ queue() {  # run in the background, at most two at a time
     if [ ${#pool[@]} -eq 2 ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, eurosat or aid} in
+case ${1:?sweep, choose, eurosat or aid} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
             queue run "sweep-random-10-lr$lr" "$eurosat" random:ijepa 0.1 30 lr=$lr
-        done ;;
+        done
+        for lr in 0.0005 0.001 0.002; do queue run "sweep-mae-10-lr$lr" "$eurosat" mae 0.1 30 lr=$lr; done ;;
+    choose)  # the final val accuracy of each sweep run; the best lr per init
+        python - "$runs" <<'PY'
+import json, re, sys
+from pathlib import Path
+found = {}
+for metrics in sorted(Path(sys.argv[1]).glob("sweep-*/metrics.jsonl")):
+    init, lr = re.match(r"sweep-(.+)-10-lr(.+)", metrics.parent.name).groups()
+    vals = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
+    found.setdefault(init, {})[lr] = vals[-1]
+chosen = {init: max(lrs, key=lrs.get) for init, lrs in found.items()}
+Path("study/finetune-sweep.json").write_text(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
+print(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
+PY
+        ;;
     eurosat|aid)
         dataset=$1; shift
         [ $# -gt 0 ] || set -- 0.01 0.1 1
-        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(ijepa mae); like=ijepa
-        else data=$aid; inits=(ijepa-aid mae-aid); like=mae-aid; fi
+        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(ijepa mae); like=ijepa; extra=()
+        else data=$aid; inits=(ijepa-aid mae-aid); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
+        lr() { python -c "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['$1'])"; }
         for fraction in "$@"; do
             pct=$(python -c "print(f'{100 * $fraction:g}')")
             for init in "${inits[@]}"; do
-                queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" ${LR:+lr=$LR}
+                queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
+                    lr="$(lr "${init%-aid}")" "${extra[@]}"
             done
             queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
-                ${LR:+lr=$LR}
+                lr="$(lr random)" "${extra[@]}"
         done ;;
-    *) echo "unknown mode $1: sweep, eurosat or aid" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat or aid" >&2; exit 2 ;;
 esac
 wait

@@ -1,0 +1,118 @@
+"""The analyst's loop, simulated: how much do ✓ / ✗ marks help each model and ranker find every tile of a class?
+
+    python benchmarks/bench_loop.py [--starts 5] [--rounds 3] [--marks 20] [--scale 1000000]
+
+Archives indexed as a user would (``indexing.build`` into ``index/bench-loop/<model>/``, incremental): the EuroSAT
+test split (5,400 tiles, 540 per class; models ``ijepa``, ``mae``) and AID's train split (6,000 scenes, 200 per
+class; ``ijepa-aid``, ``mae-aid``), each as the catalogue's split filter over its whole archive, read from
+../shared/data (never shipped). For every class, ``--starts`` random tiles of it start a search (seeded); each round
+the analyst marks the top ``--marks`` unmarked results by their true label (``retrieval_app.loop.simulate``).
+Printed per archive, model and ranker, after each round (0 = the single query): precision@100 of the next page of
+unmarked results, and recall = the part of the class found when taking as many finds as it has tiles (the ✓
+first, then the ranking). Then the time of one round (ranker + top-100 of the archive) at ``--scale`` vectors: the
+archive's vectors repeated with Gaussian noise (a labelled synthetic extension, only for timing). Goals (issue 19):
+precision@100 >= 0.95 on EuroSAT and >= 0.80 on AID after 3 rounds for the better model; a round at 1M <= 1 s.
+Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from indexing.build import build
+from indexing.catalog import load_vectors
+from indexing.store import open_index
+from retrieval_app.loop import RANKERS, ranked, simulate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+ARCHIVES = {"EuroSAT test": (SHARED / "eurosat-rgb", "test", ("ijepa", "mae")),
+            "AID train": (SHARED / "aid", "train", ("ijepa-aid", "mae-aid"))}
+
+
+def archive_vectors(model: str, archive: Path, split: str, index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors float32 [N, D] L2-normalised, label indices [N]) of one split of an indexed archive."""
+    folder = index_dir / model
+    if not (folder / "catalog.duckdb").is_file():
+        print(f"indexing {archive} with {model} (once) ...", flush=True)
+        build(model, archive, index_dir)
+    opened = open_index(folder)
+    try:
+        ids, vectors = load_vectors(opened.con, "WHERE hash IN (SELECT hash FROM images)")
+        rows = opened.con.execute("SELECT id, label FROM images WHERE split = ? ORDER BY id", [split]).fetchall()
+    finally:
+        opened.close()
+    wanted = np.searchsorted(ids, np.array([r[0] for r in rows], dtype=np.int64))
+    names = sorted({r[1] for r in rows})
+    return vectors[wanted], np.array([names.index(r[1]) for r in rows])
+
+
+def loop_table(vectors: np.ndarray, labels: np.ndarray, starts: int, rounds: int, marks: int, seed: int = 0
+               ) -> dict[str, np.ndarray]:
+    """{ranker: [2, rounds + 1] mean (precision@100, recall)} over ``starts`` seeded starts per class."""
+    rng = np.random.default_rng(seed)
+    chosen = [int(s) for c in np.unique(labels) for s in rng.choice(np.flatnonzero(labels == c), starts, replace=False)]
+    out = {}
+    for ranker in RANKERS:
+        runs = [simulate(vectors, labels, s, ranker, rounds=rounds, marks_per_round=marks) for s in chosen]
+        out[ranker] = np.array([[[r["precision@100"], r["recall"]] for r in run] for run in runs]).mean(axis=0).T
+    return out
+
+
+def round_time(vectors: np.ndarray, scale: int, marks: int, rounds: int = 3, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one round (ranker over ``scale`` vectors + top 100) with the marks of round ``rounds``."""
+    rng = np.random.default_rng(0)
+    reps = -(-scale // len(vectors))
+    big = np.concatenate([vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32) for _ in range(reps)])[:scale]
+    big /= np.linalg.norm(big, axis=1, keepdims=True)
+    positives = big[rng.choice(scale, 1 + marks * rounds // 2, replace=False)]
+    negatives = big[rng.choice(scale, marks * rounds // 2, replace=False)]
+    marked = rng.choice(scale, len(positives) + len(negatives), replace=False)
+    times = {}
+    for ranker, rank in RANKERS.items():
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            ranked(rank(big, positives, negatives), marked, 100)
+            seconds.append(time.perf_counter() - started)
+        times[ranker] = float(np.median(seconds))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--starts", type=int, default=5, help="random starting tiles per class")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--marks", type=int, default=20, help="results marked per round")
+    parser.add_argument("--scale", type=int, default=1_000_000, help="vectors for the round timing")
+    parser.add_argument("--index-dir", type=Path, default=REPO / "index" / "bench-loop")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}; {args.starts} starts per class, {args.marks} marks a round")
+    print("| archive | model | ranker | " + " | ".join(f"P@100 r{r}" for r in range(args.rounds + 1)) + " | "
+          + " | ".join(f"recall r{r}" for r in range(args.rounds + 1)) + " |")
+    print("|---" * (3 + 2 * (args.rounds + 1)) + "|")
+    sample = None
+    for name, (archive, split, models) in ARCHIVES.items():
+        if not archive.is_dir():
+            print(f"| {name} | skipped: {archive} not found |")
+            continue
+        for model in models:
+            vectors, labels = archive_vectors(model, archive, split, args.index_dir / Path(archive).name)
+            sample = vectors if sample is None else sample
+            for ranker, (precision, recall) in loop_table(vectors, labels, args.starts, args.rounds,
+                                                          args.marks).items():
+                print(f"| {name} | {model} | {ranker} | " + " | ".join(f"{p:.3f}" for p in precision) + " | "
+                      + " | ".join(f"{r:.3f}" for r in recall) + " |", flush=True)
+    if sample is not None:
+        times = round_time(sample, args.scale, args.marks, args.rounds)
+        print(f"\none round at {args.scale:,} vectors (ranker + top 100, marks of round {args.rounds}): "
+              + ", ".join(f"{r} {1e3 * t:.0f} ms" for r, t in times.items()))
+
+
+if __name__ == "__main__":
+    main()
