@@ -40,10 +40,11 @@ class SessionError(ValueError):
 
 @dataclass
 class Mark:
-    """One tile of a session: the catalogue's sample id, and what identifies it if the archive changes."""
+    """One tile of a session: the catalogue's sample id, and what identifies it if the archive changes (its file,
+    content hash and centre; ``file``, not ``path``: gradio_client would take a ``path`` key for a file to fetch)."""
 
     sample_id: str
-    path: str | None = None
+    file: str | None = None
     hash: str | None = None
     lat: float | None = None
     lon: float | None = None
@@ -164,7 +165,7 @@ class Finder:
                 try:
                     current = self.mark(m.sample_id)
                 except QueryError:
-                    missing.append(f"{kind[:-1]} {m.sample_id} ({m.path}): no longer in the archive")
+                    missing.append(f"{kind[:-1]} {m.sample_id} ({m.file}): no longer in the archive")
                     continue
                 if m.hash and current.hash != m.hash:
                     missing.append(f"{kind[:-1]} {m.sample_id}: the file changed since the session was saved")

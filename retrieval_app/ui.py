@@ -536,9 +536,9 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
 
 
 def _json_hit(hit: dict[str, Any]) -> dict[str, Any]:
-    """A hit as JSON values (scores as floats)."""
-    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in hit.items()
-            if k not in ("also_in", "is_query")}
+    """A hit as JSON values (scores as floats; the archive file as ``file``: gradio_client would fetch a ``path``)."""
+    return {("file" if k == "path" else k): (float(v) if isinstance(v, (np.floating, float)) else v)
+            for k, v in hit.items() if k not in ("also_in", "is_query")}
 
 
 def _preview(display: np.ndarray, size: int = 256) -> Image.Image:

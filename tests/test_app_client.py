@@ -119,6 +119,30 @@ def test_an_upload_just_over_the_limit_is_refused_in_the_apps_words(app, tmp_pat
     assert "I-JEPA" in out[0]  # the server keeps serving
 
 
+def test_the_whole_loop_through_the_api(app):
+    _, client, setup = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/loop_start", "/loop_place", "/loop_mark", "/loop_search", "/loop_find_all", "/loop_load"} <= set(endpoints)
+    session = client.predict("2750/Forest/Forest_1.jpg", "rocchio", api_name="/loop_start")
+    first = client.predict(session, 6, api_name="/loop_search")
+    assert set(first) == {"ijepa", "mae"} and len(first["ijepa"]) == 6
+    right, wrong = first["ijepa"][0]["sample_id"], first["ijepa"][1]["sample_id"]
+    session = client.predict(session, right, "✓", api_name="/loop_mark")
+    session = client.predict(session, wrong, "✗", api_name="/loop_mark")
+    assert [m["sample_id"] for m in session["positives"]] == [right] and session["negatives"][0]["sample_id"] == wrong
+    again = client.predict(session, 6, api_name="/loop_search")
+    assert {right, wrong}.isdisjoint(h["sample_id"] for h in again["ijepa"])  # marked: not shown again
+    found = client.predict(session, None, 5, api_name="/loop_find_all")
+    assert found["finds"]["mae"]["count"] == 5 and found["geojson"]["type"] == "FeatureCollection"
+    assert right in {h["sample_id"] for h in found["finds"]["ijepa"]["hits"]}  # a ✓ is a find
+    checked = client.predict(session, api_name="/loop_load")
+    assert checked["missing"] == [] and checked["session"]["positives"] == session["positives"]
+    with pytest.raises(AppError, match="verdict"):
+        client.predict(session, right, "maybe", api_name="/loop_mark")
+    with pytest.raises(AppError, match="no coordinates"):
+        client.predict(47.0, -99.1, api_name="/loop_place")  # the tiny archive is not located
+
+
 def test_only_the_archive_is_served_and_localhost_is_the_default(app):
     import httpx
 

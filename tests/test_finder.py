@@ -90,7 +90,7 @@ def test_a_session_file_round_trips_and_reports_what_is_gone(finder, tmp_path):
     loaded, missing = finder.load(path)
     assert loaded == session and missing == []
     data = json.loads(path.read_text())
-    data["positives"].append({**data["positives"][0], "sample_id": "2750/Forest/gone.jpg", "path": "gone.jpg"})
+    data["positives"].append({**data["positives"][0], "sample_id": "2750/Forest/gone.jpg", "file": "gone.jpg"})
     data["negatives"][0]["hash"] = "0" * 64  # the file changed since
     path.write_text(json.dumps(data))
     loaded, missing = finder.load(path)
