@@ -1,6 +1,6 @@
 """The analyst's loop, simulated: how much do ✓ / ✗ marks help each model and ranker find every tile of a class?
 
-    python benchmarks/bench_loop.py [--starts 5] [--rounds 3] [--marks 20] [--scale 1000000]
+    python benchmarks/bench_loop.py [--starts 5] [--rounds 3] [--marks 20] [--scale 1000000] [--evaluate-cache index]
 
 Archives indexed as a user would (``indexing.build`` into ``index/bench-loop/<model>/``, incremental): the EuroSAT
 test split (5,400 tiles, 540 per class; models ``ijepa``, ``mae``) and AID's train split (6,000 scenes, 200 per
@@ -33,6 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 ARCHIVES = {"EuroSAT test": (SHARED / "eurosat-rgb", "test", ("ijepa", "mae")),
             "AID train": (SHARED / "aid", "train", ("ijepa-aid", "mae-aid"))}
+
+
+def cached_vectors(model: str, archive: Path, split: str, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The same vectors from ``python -m indexing evaluate``'s cache (``<cache>/<model>/features-<archive>-<split>.npz``:
+    the same ONNX embeddings that ``build`` stores, before its L2 normalisation), or None when not cached."""
+    path = cache / model / f"features-{archive.name}-{split}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        x, y = data["x"].astype(np.float32), data["y"]
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
 
 
 def archive_vectors(model: str, archive: Path, split: str, index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +102,9 @@ def main() -> None:
     parser.add_argument("--marks", type=int, default=20, help="results marked per round")
     parser.add_argument("--scale", type=int, default=1_000_000, help="vectors for the round timing")
     parser.add_argument("--index-dir", type=Path, default=REPO / "index" / "bench-loop")
+    parser.add_argument("--evaluate-cache", type=Path, metavar="DIR",
+                        help="read the embeddings `python -m indexing evaluate` cached in DIR (e.g. index/) instead "
+                             "of building the archives' indexes (the same vectors, without the build's minutes)")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}; {args.starts} starts per class, {args.marks} marks a round")
     print("| archive | model | ranker | " + " | ".join(f"P@100 r{r}" for r in range(args.rounds + 1)) + " | "
@@ -102,7 +116,8 @@ def main() -> None:
             print(f"| {name} | skipped: {archive} not found |")
             continue
         for model in models:
-            vectors, labels = archive_vectors(model, archive, split, args.index_dir / Path(archive).name)
+            cached = cached_vectors(model, archive, split, args.evaluate_cache) if args.evaluate_cache else None
+            vectors, labels = cached or archive_vectors(model, archive, split, args.index_dir / Path(archive).name)
             sample = vectors if sample is None else sample
             for ranker, (precision, recall) in loop_table(vectors, labels, args.starts, args.rounds,
                                                           args.marks).items():

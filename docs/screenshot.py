@@ -1,8 +1,10 @@
-"""Screenshot of the running app for the README: `python docs/screenshot.py [URL] [TILE]` -> docs/app.png.
+"""Screenshots of the running app for the READMEs: `python docs/screenshot.py [URL] [TILE]` -> docs/app.png and
+docs/loop.png.
 
 Start the app first (`python -m retrieval_app`); this drives Debian's chromium with Playwright, picks the located
 archive, uploads one of its NAIP chips (or TILE), waits for both models' results, a "why this match" heat map and
-the map of the results, and saves the page.
+the map of the results, and saves the page (app.png); then it marks two MAE results ✓ and one ✗, searches again
+with the marks, finds all above the thresholds and saves the page again (loop.png).
 """
 
 import sys
@@ -35,8 +37,21 @@ def main() -> None:
         page.wait_for_function("() => document.querySelector('#result-map img')?.naturalHeight === 420")
         page.wait_for_timeout(1500)  # let the page's JavaScript finish drawing
         page.screenshot(path=str(REPO / "docs" / "app.png"), full_page=True)
+        page.locator("#click-mode").get_by_label("mark ✓ right").check()
+        for n in (1, 2):
+            page.locator("#gallery-mae img").nth(n).click()
+            page.wait_for_function(f"() => document.querySelector('#marks').innerText.includes('✓ right ({n})')")
+        page.locator("#click-mode").get_by_label("mark ✗ wrong").check()
+        page.locator("#gallery-mae img").nth(4).click()
+        page.wait_for_function("() => document.querySelector('#marks').innerText.includes('✗ wrong (1)')")
+        page.locator("#search-marks").click()
+        page.get_by_text("marked tiles are not shown again").first.wait_for()
+        page.locator("#find-all").click()
+        page.wait_for_function("() => document.querySelector('#finds-summary').innerText.includes('finds')")
+        page.wait_for_timeout(1500)
+        page.locator("#loop").screenshot(path=str(REPO / "docs" / "loop.png"))
         browser.close()
-    print(REPO / "docs" / "app.png")
+    print(REPO / "docs" / "app.png", REPO / "docs" / "loop.png")
 
 
 if __name__ == "__main__":
