@@ -12,6 +12,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from retrieval_app.testing import mark_in_page
+
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -37,13 +39,7 @@ def main() -> None:
         page.wait_for_function("() => document.querySelector('#result-map img')?.naturalHeight === 420")
         page.wait_for_timeout(1500)  # let the page's JavaScript finish drawing
         page.screenshot(path=str(REPO / "docs" / "app.png"), full_page=True)
-        page.locator("#click-mode").get_by_label("mark ✓ right").check()
-        for n in (1, 2):
-            page.locator("#gallery-mae img").nth(n).click()
-            page.wait_for_function(f"() => document.querySelector('#marks').innerText.includes('✓ right ({n})')")
-        page.locator("#click-mode").get_by_label("mark ✗ wrong").check()
-        page.locator("#gallery-mae img").nth(4).click()
-        page.wait_for_function("() => document.querySelector('#marks').innerText.includes('✗ wrong (1)')")
+        mark_in_page(page, "mae", right=(1, 2), wrong=(4,))
         page.locator("#search-marks").click()
         page.get_by_text("marked tiles are not shown again").first.wait_for()
         page.locator("#find-all").click()

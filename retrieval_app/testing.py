@@ -4,8 +4,10 @@ MAE, with linear heads), a tiny EuroSAT-like archive and both indexes, built wit
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,3 +83,24 @@ def write_geotiff_archive(root: str | Path, files: int = 2, size: int = 128, see
         with rasterio.open(root / f"scene_{n}.tif", "w", **profile) as dst:
             dst.write(data)
     return root
+
+
+def mark_in_page(page: Any, gallery: str, right: Sequence[int], wrong: Sequence[int]) -> None:
+    """In a Playwright ``page`` of the app: mark the results at positions ``right`` ✓ and ``wrong`` ✗ in model
+    ``gallery``'s gallery by clicking them, waiting for the marks panel to count each (tests and screenshots)."""
+    for verdict, label, rows in (("✓ right", "mark ✓ right", right), ("✗ wrong", "mark ✗ wrong", wrong)):
+        page.locator("#click-mode").get_by_label(label).check()
+        for n, row in enumerate(rows, 1):
+            page.locator(f"#gallery-{gallery} img").nth(row).click()
+            page.wait_for_function(f"() => document.querySelector('#marks').innerText.includes('{verdict} ({n})')")
+
+
+def search_in_page(page: Any, url: str, tile: str | Path, k: int) -> None:
+    """Open the app at ``url`` in a Playwright ``page``, upload ``tile``, ask for ``k`` neighbours and search."""
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("#upload input[type=file]").set_input_files(str(tile))
+    page.locator("#query-view img").wait_for()  # the upload is shown as the models see it, at once
+    page.locator("#upload").scroll_into_view_if_needed()
+    page.get_by_label("k (neighbours per model)").first.fill(str(k))
+    page.locator("#search").click()

@@ -1,11 +1,12 @@
 """End to end in a real browser: Playwright drives Debian's chromium (headless, no network) against the app on
-a free localhost port: upload a tile, wait for both models' results, check them, open a match heat map; then
+a free localhost port. The query page: upload a tile, wait for both models' results, check them, open a match heat map; then
 switch to the located archive (assets/located), search with a NAIP chip and wait for the map, check that the
 unlabelled archive shows no empty kNN panels and that the galleries fit their results; save a screenshot
-(to the test's tmp dir, and to $SATJEPA_APP_SCREENSHOT when set)."""
+(to the test's tmp dir, and to $SATJEPA_APP_SCREENSHOT when set). The analyst's loop: see the last test."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test n
 from indexing.build import build  # noqa: E402
 from indexing.paths import LOCATED_ARCHIVE  # noqa: E402
 from retrieval_app.service import RetrievalService  # noqa: E402
-from retrieval_app.testing import tiny_setup  # noqa: E402
+from retrieval_app.testing import mark_in_page, search_in_page, tiny_setup  # noqa: E402
 from retrieval_app.ui import create_demo, launch_options  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -35,23 +36,35 @@ LOCATED = "Located: NAIP + Landsat chips"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory.getbasetemp())
-    located_index = tmp_path_factory.mktemp("located-index")
-    for model in setup.models:
-        build(model, LOCATED_ARCHIVE, located_index)
+    setup, located_index = _located(tmp_path_factory)
     services = {"Tiny EuroSAT-like": RetrievalService.open(setup.models, setup.index_dir),
                 LOCATED: RetrievalService.open(setup.models, located_index)}
-    demo = create_demo(services)
+    demo, url = _launch(services)
+    yield url, setup
+    demo.close()
+    for service in services.values():
+        service.close()
+
+
+def _located(tmp_path_factory):
+    """The tiny models (one setup per session) and their indexes of the located archive."""
+    setup = tiny_setup(tmp_path_factory.getbasetemp())
+    index_dir = tmp_path_factory.mktemp("located-index")
+    for model in setup.models:
+        build(model, LOCATED_ARCHIVE, index_dir)
+    return setup, index_dir
+
+
+def _launch(services, export_dir=None):
+    """The app over ``services`` on a free localhost port: (demo, url)."""
+    demo = create_demo(services, export_dir=export_dir)
     demo.queue(default_concurrency_limit=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **launch_options(services))
-    yield url, setup
-    demo.close()
-    for service in services.values():
-        service.close()
+    return demo, url
 
 
 @pytest.mark.slow
@@ -63,13 +76,7 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.locator("#upload input[type=file]").set_input_files(str(tile))
-            page.locator("#query-view img").wait_for()  # the upload is shown as the models see it, at once
-            page.locator("#upload").scroll_into_view_if_needed()
-            page.get_by_label("k (neighbours per model)").first.fill(str(K))
-            page.locator("#search").click()
+            search_in_page(page, url, tile, K)
             tops = []
             for key in ("ijepa", "mae"):
                 images = page.locator(f"#gallery-{key} img")
@@ -124,3 +131,96 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("SATJEPA_APP_SCREENSHOT"):
         shutil.copy(shot, os.environ["SATJEPA_APP_SCREENSHOT"])
+
+
+# The analyst's loop on the located archive: upload a chip, mark two results ✓ and one ✗, search again, set a
+# threshold, find all, export the finds as GeoJSON, save the session and load it back, search from a place.
+
+LOOP_K = 8
+
+
+@pytest.fixture(scope="module")
+def loop_app(tmp_path_factory):
+    setup, index_dir = _located(tmp_path_factory)
+    service = RetrievalService.open(setup.models, index_dir)
+    demo, url = _launch({"Located": service}, export_dir=tmp_path_factory.mktemp("loop-exports"))
+    yield url
+    demo.close()
+    service.close()
+
+
+def _download(page, element_id: str, into: Path) -> Path:
+    """The file behind a gr.File output's link, fetched as the browser would."""
+    link = page.locator(f"#{element_id} a").first
+    link.wait_for()
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    path = into / f"{element_id}.json"
+    path.write_bytes(response.body())
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_whole_loop_in_a_browser(loop_app, tmp_path):
+    url = loop_app
+    chip = sorted(LOCATED_ARCHIVE.glob("naip-2020_*.tif"))[20]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            search_in_page(page, url, chip, LOOP_K)
+            page.locator("#gallery-ijepa img").nth(LOOP_K - 1).wait_for()
+            marks = page.locator("#marks")
+            page.wait_for_function("() => document.querySelector('#marks').innerText.includes('upload naip-2020')")
+            assert "✓ right** (0)" in marks.inner_html() or "(0)" in marks.inner_text()
+
+            # Mark two results right and one wrong.
+            mark_in_page(page, "ijepa", right=(1, 2), wrong=(3,))
+            marked = [line for line in marks.inner_text().splitlines() if "✓" in line or "✗" in line]
+            assert len(marked) == 2 and marked[0].count("naip-2020_") == 2 and marked[1].count("naip-2020_") == 1
+
+            # Search again: the status says so, and the galleries are refilled.
+            page.locator("#search-marks").click()
+            page.get_by_text("Searched with 3 example(s) and ✓, 1 ✗").first.wait_for()
+            page.locator("#gallery-ijepa img").nth(LOOP_K - 1).wait_for()
+
+            # A threshold: its count shows as it is set; Find all lists the finds and maps them.
+            number = page.locator("#threshold-ijepa input[type=number]")
+            low = float(number.get_attribute("min"))
+            number.fill(f"{low:.4f}")
+            number.press("Enter")
+            page.wait_for_function("() => document.querySelector('#counts').innerText.includes('tiles score')")
+            page.locator("#find-all").click()
+            page.wait_for_function("() => document.querySelector('#finds-summary').innerText.includes('finds')")
+            summary = page.locator("#finds-summary").inner_text()
+            count = int(summary.split("ijepa: ")[1].split(" finds")[0].replace(",", ""))
+            assert count >= LOOP_K and page.locator("#finds tbody tr").count() > 0
+            page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
+
+            # Export: touching finds merged into polygons, each with its tiles.
+            page.locator("#export-finds").click()
+            finds = json.loads(_download(page, "finds-file", tmp_path).read_text())
+            tiles = [t for f in finds["features"] if f["properties"]["model"] == "ijepa" for t in f["properties"]["tiles"]]
+            assert len(tiles) == count and len([f for f in finds["features"] if f["properties"]["model"] == "ijepa"]) < count
+
+            # Save the session, load it back: the marks are restored.
+            page.locator("#save-session").click()
+            saved = _download(page, "session-file", tmp_path)
+            session = json.loads(saved.read_text())
+            assert len(session["positives"]) == 2 and len(session["negatives"]) == 1 and session["uploads"]
+            page.locator("#load-session input[type=file]").set_input_files(str(saved))
+            page.get_by_text("Loaded session-file.json: 1 example(s), 2 ✓, 1 ✗.").first.wait_for()
+
+            # A place: the archive tile there becomes the query.
+            page.locator("#place textarea, #place input").first.fill("47.03, -99.15")
+            page.locator("#search-place").click()
+            page.wait_for_function("() => document.querySelector('#marks').innerText.includes('Examples** (1)') || "
+                                   "document.querySelector('#marks').innerText.includes('Examples (1)')")
+            page.locator("#gallery-ijepa img").nth(LOOP_K - 1).wait_for()
+            assert "naip-2020_" in page.locator("#marks").inner_text()
+            page.screenshot(path=str(tmp_path / "loop.png"), full_page=True)
+        finally:
+            browser.close()
+    if os.environ.get("SATJEPA_LOOP_SCREENSHOT"):
+        shutil.copy(tmp_path / "loop.png", os.environ["SATJEPA_LOOP_SCREENSHOT"])
