@@ -8,8 +8,9 @@ class; ``ijepa-aid``, ``mae-aid``), each as the catalogue's split filter over it
 ../shared/data (never shipped). For every class, ``--starts`` random tiles of it start a search (seeded); each round
 the analyst marks the top ``--marks`` unmarked results by their true label (``retrieval_app.loop.simulate``).
 Printed per archive, model and ranker, after each round (0 = the single query): precision@100 of the next page of
-unmarked results, and recall = the part of the class found when taking as many finds as it has tiles (the ✓
-first, then the ranking). Then the time of one round (ranker + top-100 of the archive) at ``--scale`` vectors: the
+unmarked results (strict: what the analyst is shown next), precision of the first 100 finds (the ✓ first, then
+the ranking, the ✗ left out: what Find all keeps) and recall = the part of the class found when taking as many
+finds as it has tiles. Then the time of one round (ranker + top-100 of the archive) at ``--scale`` vectors: the
 archive's vectors repeated with Gaussian noise (a labelled synthetic extension, only for timing). Goals (issue 19):
 precision@100 >= 0.95 on EuroSAT and >= 0.80 on AID after 3 rounds for the better model; a round at 1M <= 1 s.
 Not a test.
@@ -63,15 +64,18 @@ def archive_vectors(model: str, archive: Path, split: str, index_dir: Path) -> t
     return vectors[wanted], np.array([names.index(r[1]) for r in rows])
 
 
+MEASURES = ("precision@100", "finds@100", "recall")
+
+
 def loop_table(vectors: np.ndarray, labels: np.ndarray, starts: int, rounds: int, marks: int, seed: int = 0
                ) -> dict[str, np.ndarray]:
-    """{ranker: [2, rounds + 1] mean (precision@100, recall)} over ``starts`` seeded starts per class."""
+    """{ranker: [3, rounds + 1] mean (precision@100, finds@100, recall)} over ``starts`` seeded starts per class."""
     rng = np.random.default_rng(seed)
     chosen = [int(s) for c in np.unique(labels) for s in rng.choice(np.flatnonzero(labels == c), starts, replace=False)]
     out = {}
     for ranker in RANKERS:
         runs = [simulate(vectors, labels, s, ranker, rounds=rounds, marks_per_round=marks) for s in chosen]
-        out[ranker] = np.array([[[r["precision@100"], r["recall"]] for r in run] for run in runs]).mean(axis=0).T
+        out[ranker] = np.array([[[r[m] for m in MEASURES] for r in run] for run in runs]).mean(axis=0).T
     return out
 
 
@@ -101,17 +105,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--marks", type=int, default=20, help="results marked per round")
     parser.add_argument("--scale", type=int, default=1_000_000, help="vectors for the round timing")
+    parser.add_argument("--archives", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES))
     parser.add_argument("--index-dir", type=Path, default=REPO / "index" / "bench-loop")
     parser.add_argument("--evaluate-cache", type=Path, metavar="DIR",
                         help="read the embeddings `python -m indexing evaluate` cached in DIR (e.g. index/) instead "
                              "of building the archives' indexes (the same vectors, without the build's minutes)")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}; {args.starts} starts per class, {args.marks} marks a round")
-    print("| archive | model | ranker | " + " | ".join(f"P@100 r{r}" for r in range(args.rounds + 1)) + " | "
-          + " | ".join(f"recall r{r}" for r in range(args.rounds + 1)) + " |")
-    print("|---" * (3 + 2 * (args.rounds + 1)) + "|")
+    rounds = range(args.rounds + 1)
+    print("| archive | model | ranker | next page P@100, rounds " + "→".join(map(str, rounds))
+          + " | finds P@100 | recall |")
+    print("|---" * 6 + "|")
     sample = None
-    for name, (archive, split, models) in ARCHIVES.items():
+    for name in args.archives:
+        archive, split, models = ARCHIVES[name]
         if not archive.is_dir():
             print(f"| {name} | skipped: {archive} not found |")
             continue
@@ -119,10 +126,9 @@ def main() -> None:
             cached = cached_vectors(model, archive, split, args.evaluate_cache) if args.evaluate_cache else None
             vectors, labels = cached or archive_vectors(model, archive, split, args.index_dir / Path(archive).name)
             sample = vectors if sample is None else sample
-            for ranker, (precision, recall) in loop_table(vectors, labels, args.starts, args.rounds,
-                                                          args.marks).items():
-                print(f"| {name} | {model} | {ranker} | " + " | ".join(f"{p:.3f}" for p in precision) + " | "
-                      + " | ".join(f"{r:.3f}" for r in recall) + " |", flush=True)
+            for ranker, table in loop_table(vectors, labels, args.starts, args.rounds, args.marks).items():
+                cells = [" → ".join(f"{v:.2f}" for v in row) for row in table]
+                print(f"| {name} | {model} | {ranker} | " + " | ".join(cells) + " |", flush=True)
     if sample is not None:
         times = round_time(sample, args.scale, args.marks, args.rounds)
         print(f"\none round at {args.scale:,} vectors (ranker + top 100, marks of round {args.rounds}): "

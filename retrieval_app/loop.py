@@ -82,9 +82,10 @@ def simulate(vectors: np.ndarray, labels: np.ndarray, start: int, ranker: str, r
     """One simulated analyst looking for ``labels[start]``'s class from tile ``start``.
 
     Each round ranks the archive, shows the top ``page`` unmarked tiles and marks the top ``marks_per_round`` of
-    them by their true label. Returns per round (0 = the single query): ``precision@100`` of the unmarked page and
-    ``recall`` = the class found when taking as many finds as the class has members (the confirmed ✓ first, then
-    the ranking; R-precision), both fractions."""
+    them by their true label. Returns per round (0 = the single query), as fractions: ``precision@100`` of the
+    next page of unmarked tiles (the strict measure: what the analyst is shown next), ``finds@100`` the precision of
+    the first 100 finds (the confirmed ✓ first, then the ranking, the ✗ left out: what Find all keeps), and
+    ``recall`` = the class found when taking as many finds as the class has members (R-precision of the finds)."""
     target = labels[start]
     members = int((labels == target).sum())
     positives, negatives, out = [start], [], []
@@ -94,8 +95,9 @@ def simulate(vectors: np.ndarray, labels: np.ndarray, start: int, ranker: str, r
         page_rows = ranked(scores, marked, page)
         finds = ranked(scores, marked, max(members - len(positives), 0))
         found = len(positives) + int((labels[finds] == target).sum())
+        first_finds = min(page, len(positives)) + int((labels[page_rows[: max(page - len(positives), 0)]] == target).sum())
         out.append({"round": round_, "precision@100": float((labels[page_rows] == target).mean()),
-                    "recall": found / members})
+                    "finds@100": first_finds / page, "recall": found / members})
         for row in page_rows[:marks_per_round]:
             (positives if labels[row] == target else negatives).append(int(row))
     return out
