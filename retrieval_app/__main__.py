@@ -1,8 +1,10 @@
-"""``python -m retrieval_app [--index-dir DIR] [--models ijepa mae] [--archive DIR] [--host H] [--port P]``.
+"""``python -m retrieval_app [--index-dir DIR] [--models M ...] [--archive DIR] [--host H] [--port P]``.
 
 Parses arguments and calls :func:`main`: builds the indexes that are missing (by default of both shipped
-archives, the EuroSAT demo and the located NAIP + Landsat chips, each with the shipped models; with ``--archive``
-of that archive only), loads one service per archive, and launches the UI on 127.0.0.1 unless told otherwise.
+archives, the EuroSAT demo and the located NAIP + Landsat chips, each with its models: those its ``models.json``
+names — the located archive's are the AID-trained ``ijepa-aid`` and ``mae-aid`` — else ``ijepa`` and ``mae``;
+``--models`` for all; with ``--archive`` of that archive only), loads one service per archive, and launches the UI
+on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retrieval_app", description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["ijepa", "mae"],
-                        help="registry names (assets/models/<name>) or exported-model folders (default: ijepa mae)")
+    parser.add_argument("--models", nargs="+",
+                        help="registry names (assets/models/<name>) or exported-model folders, for every archive "
+                             "(default: each archive's models.json, else ijepa mae)")
     parser.add_argument("--archive", help="serve this image archive only, indexing it where needed (default: the "
                                           "two shipped archives, assets/demo and assets/located)")
     parser.add_argument("--index-dir", help="folder of the indexes (default: index/ at the repo root; the located archive's "
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("retrieval_app")
     from indexing.paths import DEFAULT_INDEX_DIR, SHIPPED_ARCHIVES
 
-    from .service import RetrievalService, build_missing
+    from .service import RetrievalService, archive_models, build_missing
 
     archives = ({Path(args.archive).name: (args.archive, args.index_dir)} if args.archive
                 else {name: (archive, Path(args.index_dir or DEFAULT_INDEX_DIR) / folder)
@@ -45,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     services = {}
     try:
         for name, (archive, index_dir) in archives.items():
+            models = args.models or archive_models(archive)
+            log.info("%s: models %s", name, ", ".join(map(str, models)))
             if not args.no_build:
-                for report in build_missing(args.models, archive, index_dir):
+                for report in build_missing(models, archive, index_dir):
                     log.info("%s", report)
-            services[name] = RetrievalService.open(args.models, index_dir)
+            services[name] = RetrievalService.open(models, index_dir)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         log.error("%s", err)
         return 1

@@ -114,6 +114,20 @@ class LoadedModel:
         """Which head gives the model's class probabilities: a fine-tuned classifier's own, or the linear probe."""
         return "fine-tuned head" if self.encoder.classes is not None else "linear probe"
 
+    @property
+    def class_set(self) -> str:
+        """Which classes its head predicts, and learnt where: "10 classes of eurosat-rgb" (no head: "no head")."""
+        classes = self.encoder.classes or (self.head["classes"] if self.head is not None else None)
+        if not classes:
+            return "no head"
+        data = self.encoder.card.get("training_data")
+        return f"{len(classes)} classes of {Path(data).name}" if data else f"{len(classes)} classes"
+
+    @property
+    def panel_title(self) -> str:
+        """The class panel's title: the head and its class set, e.g. "linear probe (30 classes of aid)"."""
+        return f"{self.head_name} ({self.class_set})"
+
 
 @dataclass
 class ModelResult:
@@ -474,7 +488,7 @@ class RetrievalService:
             hit.update(rank=rank, is_query=query_hash is not None and hit["hash"] == query_hash, also_in=[])
         note = "" if hits else f"no catalogue image matches the filters ({filters.describe()})."
         return ModelResult(model.key, model.display, hits, probabilities, knn_vote(hits),
-                           {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note, model.head_name)
+                           {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}, note, model.panel_title)
 
     @staticmethod
     def _search(opened: OpenIndex, query: np.ndarray, k: int, filters: Filters, rows: RowLookup | None = None
@@ -522,6 +536,30 @@ class RetrievalService:
             if len(self._served) >= SERVED_CACHE:
                 self._served.clear()
             self._served.add((model.key, path))
+
+
+#: The file beside an archive that names the models it is served with by default (``{"models": [...], "why": ...}``).
+ARCHIVE_MODELS = "models.json"
+DEFAULT_MODELS = ("ijepa", "mae")
+
+
+def archive_models(archive: str | Path | None) -> list[str]:
+    """The models an archive is served with by default: its ``models.json``'s list, else ijepa and mae.
+
+    Raises:
+        ValueError: the file is not a JSON object with a non-empty ``models`` list of names (says which file).
+    """
+    path = Path(archive) / ARCHIVE_MODELS if archive else None
+    if path is None or not path.is_file():
+        return list(DEFAULT_MODELS)
+    try:
+        models = json.loads(path.read_text())["models"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a JSON object with a 'models' list ({err}); write e.g. "
+                         '{"models": ["ijepa-aid", "mae-aid"]}, or remove it to use ijepa and mae') from None
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise ValueError(f"{path}: 'models' must be a non-empty list of model names, got {models!r}")
+    return models
 
 
 def build_missing(models: Sequence[str | Path], archive: str | Path | None = None,

@@ -114,9 +114,17 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     (the same models in each)."""
     services = _by_name(services)
     names = list(services)
+    # Model slots, side by side: the first archive's model keys name them (elements, the explanation's choices);
+    # each archive fills them with its own models, in order (its default models may differ: assets/located's are
+    # the AID-trained ones).
     keys = list(services[names[0]].models)
+    for name, service in services.items():
+        if len(service.models) != len(keys):
+            raise ValueError(f"archive {name!r} is served with {len(service.models)} models, the first with "
+                             f"{len(keys)}: give every archive as many models (side by side, slot by slot)")
+    slots = {name: dict(zip(keys, service.models)) for name, service in services.items()}  # slot -> model key
     display = {key: model.display for key, model in services[names[0]].models.items()}
-    head_name = {key: model.head_name for key, model in services[names[0]].models.items()}
+    head_name = {key: model.panel_title for key, model in services[names[0]].models.items()}
     labels = {name: s.catalogue_values("label") for name, s in services.items()}
     splits = {name: s.catalogue_values("split") for name, s in services.items()}
     examples = {name: s.examples() for name, s in services.items()}
@@ -163,11 +171,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                 f"<small>total {result.timings_ms['total']:.0f} ms; {timing}</small>"])
         outputs: list[Any] = [status, images.path(_preview(result.query.display)) if preview else gr.skip()]
         state = {}
-        for key in keys:
+        for slot, key in zip(keys, service.models):
             r = result.models[key]
             outputs += [r.probabilities or {}, r.knn or {},
                         [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
-            state[key] = [h["sample_id"] for h in r.hits]
+            state[slot] = [h["sample_id"] for h in r.hits]
         located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
         outputs.append(images.path(located) if located is not None else no_map)
         outputs += list(_exports(result))
@@ -195,6 +203,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         if not result_id:
             raise QueryError("Choose a result to explain (run a query, then click a gallery image).")
         service = _service(archive)
+        model = dict(zip(keys, service.models)).get(model, model)  # a slot names the archive's model there
         image, example = (upload, None) if upload else (None, example or None)
         out = service.explain(model, result_id, image, example=example, large=large or LARGE_MODES[0])
         text = (f"**{service.models[model].display}**, result `{result_id}` (embedding cosine {out['score']:.3f}). "
@@ -209,11 +218,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     def _sliders(finder: Finder, session, filters) -> tuple[list[Any], str]:
         """Each model's threshold slider over its best scores, set at its 100th best; and what those keep."""
         sliders, values = [], {}
-        for key in keys:
+        for key in finder.service.models:
             low, high, value = (round(v, 4) for v in ui_loop.threshold_range(finder, key, session, filters))
             sliders.append(gr.Slider(minimum=low, maximum=high, value=value))
             values[key] = value
-        return sliders, ui_loop.counts_markdown(finder, session, values, filters, display)
+        return sliders, ui_loop.counts_markdown(finder, session, values, filters)
 
     @_guarded
     def start_loop(upload, example, ranker, large, label_filter, split_filter, date_from, date_to, bbox, archive):
@@ -238,16 +247,16 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
 
     @_guarded
     def on_threshold(session, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
-        filters = parse_filters(label_filter, split_filter, date_from, date_to, bbox)
-        return ui_loop.counts_markdown(_finder(archive), session, dict(zip(keys, thresholds)), filters, display)
+        filters, finder = parse_filters(label_filter, split_filter, date_from, date_to, bbox), _finder(archive)
+        return ui_loop.counts_markdown(finder, session, dict(zip(finder.service.models, thresholds)), filters)
 
     @_guarded
     def run_find_all(session, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
         """Every tile above each model's threshold: the list, the map; exported only when asked."""
         finder, filters = _finder(archive), parse_filters(label_filter, split_filter, date_from, date_to, bbox)
-        rows, finds, summary = ui_loop.find_all(finder, session, dict(zip(keys, thresholds)), filters)
+        rows, finds, summary = ui_loop.find_all(finder, session, dict(zip(finder.service.models, thresholds)), filters)
         result = finder.search_result(session, 1, filters)
-        for key in keys:
+        for key in finder.service.models:
             result.models[key].hits = [{**h, "rank": n, "also_in": [], "is_query": False}
                                        for n, h in enumerate(finds[key]["hits"][:500], 1)]
         service = _service(archive)
@@ -313,10 +322,15 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         """Another archive: its examples and filter values; the previous results' ids no longer apply; the kNN
         panels only where the archive has labels to vote with (the status says why there is no vote)."""
         name = archive if archive in services else names[0]
-        knn_panels = [gr.Label(value=None, visible=bool(labels[name])) for _ in keys]
+        models = list(services[name].models.values())
+        knn_panels = [gr.Label(value=None, label=f"{m.display}: kNN vote of the neighbours", visible=bool(labels[name]))
+                      for m in models]
+        heads = [gr.Label(value=None, label=f"{m.display}: {m.panel_title}") for m in models]
+        titles = [f"## {m.display}: most similar scenes" for m in models]
+        sliders = [gr.Slider(label=f"{m.display}: keep tiles scoring at least") for m in models]
         return (gr.Dropdown(choices=examples[name], value=None), gr.Dropdown(choices=labels[name], value=[]),
                 gr.CheckboxGroup(choices=splits[name], value=[]), {}, gr.Dropdown(choices=[], value=None),
-                *knn_panels)
+                *knn_panels, *heads, *titles, *sliders, None, ui_loop.marks_markdown(None))
 
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
@@ -351,10 +365,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                       elem_id="query-view")
                 status = gr.Markdown(elem_id="status")
         galleries: list[gr.components.Component] = []
+        titles: list[gr.components.Component] = []
         with gr.Row(equal_height=True):
             for key in keys:
                 with gr.Column(elem_id=f"model-{key}"):
-                    gr.Markdown(f"## {display[key]}: most similar scenes")
+                    titles.append(gr.Markdown(f"## {display[key]}: most similar scenes", elem_id=f"title-{key}"))
                     galleries.append(gr.Gallery(show_label=False, columns=5, height="auto", object_fit="cover",
                                                 elem_id=f"gallery-{key}", elem_classes=["results-gallery"],
                                                 allow_preview=False))
@@ -363,7 +378,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             for key in keys:
                 with gr.Column():
                     class_labels.append(gr.Label(label=f"{display[key]}: {head_name[key]}",
-                                                 num_top_classes=5))
+                                                 num_top_classes=5, elem_id=f"head-{key}"))
                     class_labels.append(gr.Label(label=f"{display[key]}: kNN vote of the neighbours",
                                                  num_top_classes=5, visible=bool(labels[names[0]]),
                                                  elem_id=f"knn-{key}"))
@@ -454,7 +469,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                           api_visibility="private")
         upload.upload(preview_upload, [upload, large, archive], [query_view], api_visibility="private")
         archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id,
-                                               *class_labels[1::2]], api_visibility="private")
+                                               *class_labels[1::2], *class_labels[::2], *titles, *thresholds,
+                                               session_state, marks_view], api_visibility="private")
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
         for key, gallery in zip(keys, galleries):
@@ -504,7 +520,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             def search():
                 finder = _finder(archive)
                 loaded = finder.load(session)[0]
-                return {key: [_json_hit(h) for h in finder.search(key, loaded, int(k))] for key in keys}
+                return {key: [_json_hit(h) for h in finder.search(key, loaded, int(k))] for key in finder.service.models}
             return _guarded(search)()
 
         def loop_find_all(session: dict, thresholds: dict | None = None, top_n: int | None = None,
@@ -515,7 +531,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 finder = _finder(archive)
                 loaded = finder.load(session)[0]
                 finds = {key: finder.find_all(key, loaded, threshold=(thresholds or {}).get(key), top_n=top_n)
-                         for key in keys}
+                         for key in finder.service.models}
                 from .finder import finds_geojson
 
                 return {"finds": {key: {"count": f["count"], "threshold": f["threshold"],

@@ -74,12 +74,13 @@ def threshold_range(finder: Finder, key: str, session: SearchSession, filters: F
     return float(head[-1]), float(head[0]), float(head[min(top, len(head)) - 1])
 
 
-def counts_markdown(finder: Finder, session: SearchSession | None, thresholds: dict[str, float], filters: Filters,
-                    display: dict[str, str]) -> str:
+def counts_markdown(finder: Finder, session: SearchSession | None, thresholds: dict[str, float], filters: Filters
+                    ) -> str:
     """"I-JEPA: 143 tiles score >= 0.61" per model: what Find all would keep."""
     if session is None:
         return ""
-    parts = [f"{display[key]}: **{finder.counts_above(key, session, [t], filters)[0]:,}** tiles score ≥ {t:.3f}"
+    models = finder.service.models
+    parts = [f"{models[key].display}: **{finder.counts_above(key, session, [t], filters)[0]:,}** tiles score ≥ {t:.3f}"
              for key, t in thresholds.items()]
     return "; ".join(parts)
 

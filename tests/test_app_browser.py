@@ -36,9 +36,18 @@ LOCATED = "Located: NAIP + Landsat chips"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    setup, located_index = _located(tmp_path_factory)
+    setup, _ = _located(tmp_path_factory)
+    # The located archive is served with other models, as the shipped one is (its models.json): the tiny models
+    # under the AID models' names, so the page must fill its slots with them.
+    aid_models = []
+    for model in setup.models:
+        aid_models.append(tmp_path_factory.getbasetemp() / "aid-named" / f"{model.name}-aid")
+        shutil.copytree(model, aid_models[-1], dirs_exist_ok=True)
+    located_index = tmp_path_factory.mktemp("located-aid-index")
+    for model in aid_models:
+        build(model, LOCATED_ARCHIVE, located_index)
     services = {"Tiny EuroSAT-like": RetrievalService.open(setup.models, setup.index_dir),
-                LOCATED: RetrievalService.open(setup.models, located_index)}
+                LOCATED: RetrievalService.open(aid_models, located_index)}
     demo, url = _launch(services)
     yield url, setup
     demo.close()
@@ -116,6 +125,12 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             assert captions.count() == K
             page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
             assert page.locator("#result-map img").evaluate(natural) == [640, 420]  # the map is drawn
+            # This archive's own models fill the two slots, and the page says which (and which classes).
+            assert "(ijepa-aid)" in page.locator("#title-ijepa").inner_text()
+            assert "(mae-aid)" in page.locator("#title-mae").inner_text()
+            assert "linear probe (3 classes)" in page.locator("#status").inner_text()  # which head, which classes
+            page.locator("#gallery-mae img").nth(1).click()
+            page.get_by_text("(mae-aid)**, result").or_(page.get_by_text("(mae-aid), result")).first.wait_for()
             # No labels here: no empty kNN panels, and the status says why there is no vote.
             assert "no labels to vote with" in page.locator("#status").inner_text()
             for key in ("ijepa", "mae"):

@@ -152,7 +152,21 @@ def test_only_the_archive_is_served_and_localhost_is_the_default(app):
     for outside in ("/etc/passwd", str(setup.index_dir / "ijepa" / "catalog.duckdb"), str(setup.models[0])):
         assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
     args = _parser().parse_args([])
-    assert args.host == "127.0.0.1" and args.models == ["ijepa", "mae"]
+    assert args.host == "127.0.0.1" and args.models is None  # each archive's own models (models.json)
+
+
+def test_an_archive_names_its_default_models(tmp_path):
+    from indexing.paths import DEMO_ARCHIVE, LOCATED_ARCHIVE
+    from retrieval_app.service import archive_models
+
+    assert archive_models(LOCATED_ARCHIVE) == ["ijepa-aid", "mae-aid"]  # aerial chips: the AID-trained encoders
+    assert archive_models(DEMO_ARCHIVE) == ["ijepa", "mae"] == archive_models(None)  # no models.json
+    (tmp_path / "models.json").write_text('{"models": "mae"}')
+    with pytest.raises(ValueError, match="models.json.*non-empty list"):
+        archive_models(tmp_path)
+    (tmp_path / "models.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        archive_models(tmp_path)
 
 
 @pytest.mark.slow

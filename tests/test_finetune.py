@@ -187,7 +187,7 @@ def test_the_app_predicts_with_a_fine_tuned_models_own_head_and_says_so(tiny, tm
     try:
         tile = archive / "2750" / "River" / "River_3.jpg"
         result = service.query(tile, k=3).models["tiny-ft"]
-        assert result.head_name == "fine-tuned head" and "fine-tuned" in result.display
+        assert result.head_name == "fine-tuned head (3 classes of archive)" and "fine-tuned" in result.display
         from retrieval_app.upload import decode_query
 
         image = decode_query(tile, ExportedEncoder(classifier).card).image
