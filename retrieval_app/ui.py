@@ -328,9 +328,10 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         heads = [gr.Label(value=None, label=f"{m.display}: {m.panel_title}") for m in models]
         titles = [f"## {m.display}: most similar scenes" for m in models]
         sliders = [gr.Slider(label=f"{m.display}: keep tiles scoring at least") for m in models]
+        explain_choices = gr.Radio(choices=[(m.display, slot) for slot, m in zip(keys, models)], value=keys[0])
         return (gr.Dropdown(choices=examples[name], value=None), gr.Dropdown(choices=labels[name], value=[]),
                 gr.CheckboxGroup(choices=splits[name], value=[]), {}, gr.Dropdown(choices=[], value=None),
-                *knn_panels, *heads, *titles, *sliders, None, ui_loop.marks_markdown(None))
+                *knn_panels, *heads, *titles, *sliders, None, ui_loop.marks_markdown(None), explain_choices)
 
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
@@ -415,7 +416,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             with gr.Column():
                 gr.Markdown("### Why this match")
                 with gr.Row():
-                    explain_model = gr.Radio(keys, value=keys[0], label="Model")
+                    explain_model = gr.Radio([(display[k], k) for k in keys], value=keys[0], label="Model",
+                                             elem_id="explain-model")
                     explain_id = gr.Dropdown(choices=[], label="Result (sample id)", allow_custom_value=True)
                 explain_button = gr.Button("Explain", elem_id="explain")
                 with gr.Row():
@@ -470,7 +472,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         upload.upload(preview_upload, [upload, large, archive], [query_view], api_visibility="private")
         archive.change(on_archive, [archive], [example, label_filter, split_filter, state, explain_id,
                                                *class_labels[1::2], *class_labels[::2], *titles, *thresholds,
-                                               session_state, marks_view], api_visibility="private")
+                                               session_state, marks_view, explain_model], api_visibility="private")
         explain_button.click(run_explain, explain_inputs, explain_outputs, api_name="explain")
         explain_model.input(on_model, [explain_model, state], [explain_id], api_visibility="private")
         for key, gallery in zip(keys, galleries):
