@@ -160,7 +160,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     def render(service: RetrievalService, result: QueryResult, preview: bool = True) -> list[Any]:
         """Everything the page shows of one result (a query, or a search with marks): status, the query as the
         models see it (unless ``preview`` is off), per model probabilities, kNN vote and gallery, the map, the
-        exports, the result ids and the explanation's model and result."""
+        export files cleared (they are written on demand), the result ids and the explanation's model and result."""
         notes = [result.query.note] if result.query.note else []
         notes += [f"{r.display}: {r.note}" for r in result.models.values() if r.note]
         if not result.filters.empty:
@@ -178,7 +178,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             state[slot] = [h["sample_id"] for h in r.hits]
         located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
         outputs.append(images.path(located) if located is not None else no_map)
-        outputs += list(_exports(result))
+        outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
         return outputs
@@ -429,9 +429,10 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             with gr.Column():
                 gr.Markdown("### Map of the results (offline)")
                 result_map = gr.Image(label="Locations", show_label=False, interactive=False, elem_id="result-map")
+                export_button = gr.Button("Export these results (CSV + GeoJSON)", elem_id="export")
                 with gr.Row():
-                    csv_file = gr.File(label="CSV", interactive=False)
-                    geojson_file = gr.File(label="GeoJSON", interactive=False)
+                    csv_file = gr.File(label="CSV", interactive=False, elem_id="csv-file")
+                    geojson_file = gr.File(label="GeoJSON", interactive=False, elem_id="geojson-file")
 
         inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive]
         explain_inputs = [upload, example, explain_model, explain_id, large, archive]
@@ -479,7 +480,6 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             gallery.select(clicker(key), [state, session_state, click_mode, archive],
                            [explain_model, explain_id, session_state, marks_view], api_visibility="private") \
                 .then(explain_if_asked, [click_mode, *explain_inputs], explain_outputs, api_visibility="private")
-        export_button = gr.Button("Export CSV + GeoJSON", visible=False)
         export_button.click(run_export, inputs, [csv_file, geojson_file], api_name="export")
 
         @_guarded

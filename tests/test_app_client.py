@@ -59,8 +59,7 @@ def test_query_returns_both_models_side_by_side(app):
         assert probe["label"] in ("Forest", "River", "SeaLake") and knn["label"]
         assert len(gallery) == 4 and gallery[0]["caption"].startswith("Forest · ")
         assert "(the query itself) · #1 1.000" in gallery[0]["caption"]
-    assert os.path.isfile(result_map) and open(csv).readline().startswith("model,rank")
-    assert '"FeatureCollection"' in open(geojson).read()
+    assert os.path.isfile(result_map) and csv is None and geojson is None  # exports: written when asked (/export)
 
 
 def test_filters_classify_examples_export_and_explain(app):
@@ -185,7 +184,7 @@ def test_concurrent_clients_downloading_every_file_see_no_errors(app, tmp_path):
         for _ in range(4):
             try:
                 out = client.predict(handle_file(str(tile)), None, 5, *NO_FILTERS, "centre chip", api_name="/query")
-                files = [out[1], out[8], out[9], out[10]] + [item["image"] for item in out[4] + out[7]]
+                files = [out[1], out[8]] + [item["image"] for item in out[4] + out[7]]  # preview, map, galleries
                 errors += [f"empty download {f}" for f in files if os.path.getsize(f) == 0]
             except Exception as err:  # every failure counts, whatever its type
                 errors.append(repr(err))
