@@ -27,6 +27,9 @@ BETA = 0.5
 #: Random unmarked vectors used as weak negatives by ``logistic``, and their total weight relative to the marks.
 WEAK_NEGATIVES = 1000
 WEAK_WEIGHT = 0.3
+#: The logistic regression's inverse regularisation (these three: the best of a grid on EuroSAT val,
+#: ``python benchmarks/bench_loop.py --tune``).
+LOGISTIC_C = 10.0
 
 
 def rocchio(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, beta: float = BETA) -> np.ndarray:
@@ -39,17 +42,18 @@ def rocchio(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, b
 
 
 def logistic(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, weak: int = WEAK_NEGATIVES,
-             seed: int = 0) -> np.ndarray:
-    """Scores [N]: decision function of a logistic regression on positives and negatives plus ``weak`` archive
-    vectors drawn at random as weak negatives (their total weight WEAK_WEIGHT x the positives')."""
+             seed: int = 0, c: float = LOGISTIC_C, weak_weight: float = WEAK_WEIGHT) -> np.ndarray:
+    """Scores [N]: decision function of a logistic regression (inverse regularisation ``c``) on positives and
+    negatives plus ``weak`` archive vectors drawn at random as weak negatives (their total weight ``weak_weight`` x
+    the positives')."""
     from sklearn.linear_model import LogisticRegression
 
     drawn = vectors[np.random.default_rng(seed).choice(len(vectors), size=min(weak, len(vectors)), replace=False)]
     x = np.concatenate([positives, negatives, drawn])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(drawn))])
     weights = np.concatenate([np.ones(len(positives) + len(negatives)),
-                              np.full(len(drawn), WEAK_WEIGHT * len(positives) / max(len(drawn), 1))])
-    model = LogisticRegression(C=10.0, max_iter=200, class_weight="balanced").fit(x, y, sample_weight=weights)
+                              np.full(len(drawn), weak_weight * len(positives) / max(len(drawn), 1))])
+    model = LogisticRegression(C=c, max_iter=200, class_weight="balanced").fit(x, y, sample_weight=weights)
     return vectors @ model.coef_[0] + model.intercept_[0]
 
 
@@ -77,8 +81,8 @@ def ranked(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top], kind="stable")]
 
 
-def simulate(vectors: np.ndarray, labels: np.ndarray, start: int, ranker: str, rounds: int = 3, marks_per_round: int = 20,
-             page: int = 100) -> list[dict[str, float]]:
+def simulate(vectors: np.ndarray, labels: np.ndarray, start: int, ranker: str | Ranker, rounds: int = 3,
+             marks_per_round: int = 20, page: int = 100) -> list[dict[str, float]]:
     """One simulated analyst looking for ``labels[start]``'s class from tile ``start``.
 
     Each round ranks the archive, shows the top ``page`` unmarked tiles and marks the top ``marks_per_round`` of
@@ -90,7 +94,8 @@ def simulate(vectors: np.ndarray, labels: np.ndarray, start: int, ranker: str, r
     members = int((labels == target).sum())
     positives, negatives, out = [start], [], []
     for round_ in range(rounds + 1):
-        scores = RANKERS[ranker](vectors, vectors[positives], vectors[negatives])
+        rank = RANKERS[ranker] if isinstance(ranker, str) else ranker
+        scores = rank(vectors, vectors[positives], vectors[negatives])
         marked = np.array(positives + negatives)
         page_rows = ranked(scores, marked, page)
         finds = ranked(scores, marked, max(members - len(positives), 0))
