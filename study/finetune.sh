@@ -9,7 +9,8 @@
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
 # there is nothing pretrained to protect). The paper's I-JEPA row needs its pretraining run (RUNS/ijepa-150*).
 # Lengths: 30 passes over a 1 % or 10 % subset (at least 300 steps; AID 200), FULL_EPOCHS (default 8) at 100 %;
-# the session's AID runs used FULL_EPOCHS=4 (a 128 px image costs ~5x a 64 px one), 5 val measurements of 1,000.
+# the session's runs: EuroSAT FULL_EPOCHS=6, AID FULL_EPOCHS=2 (a 128 px image costs ~5x a 64 px one; 5 val
+# measurements of 1,000), to fit the session; the budget allows up to 60 core-minutes a run at 100 %.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 runs=${RUNS:-runs/finetune}
