@@ -49,9 +49,14 @@ def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_
     archive = write_archive(tmp_path / "arch", per_class=8)
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
-                 "--json", str(report)]) == 0
+                 "--json", str(report), "--label-fractions", "0.5", "1", "--labels-per-class", "1"]) == 0
     numbers = json.loads(report.read_text())
-    assert set(numbers["rows"]) == {model.name, "random-init", "raw-pixels", "colour-histogram"}
+    rows = {model.name, "random-init", "raw-pixels", "colour-histogram", "colour-histogram-hellinger"}
+    assert set(numbers["rows"]) == rows
+    few = numbers["label_efficiency"]  # every row also with part of the labels: 1 per class, half, all
+    assert set(few) == rows and set(few[model.name]) == {"50%", "100%", "1/class"}
+    assert few[model.name]["1/class"]["labelled"] == 3 and few[model.name]["1/class"]["seeds"] == 3
+    assert few[model.name]["100%"]["linear"] == pytest.approx(numbers["rows"][model.name]["linear"])
     assert "min(k, R)" in numbers["definition"]
     for row in numbers["rows"].values():
         assert 0 <= row["mAP@10"] <= 1 and 0 <= row["linear"] <= 1 and 0 <= row["kNN20"] <= 1
