@@ -4,6 +4,7 @@
 #   bash study/finetune.sh choose             # -> study/finetune-sweep.json: each init's best lr on val
 #   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1), chosen lr
 #   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (EuroSAT's lr choice)
+#   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
@@ -41,7 +42,7 @@ queue() {  # run in the background, at most two at a time
     if [ ${#pool[@]} -eq 2 ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat or aid} in
+case ${1:?sweep, choose, eurosat, aid or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -79,6 +80,16 @@ PY
             queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
                 lr="$(lr random)" "${extra[@]}"
         done ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat or aid" >&2; exit 2 ;;
+    ship)
+        run_dir=${2:?name a run folder}; name=${3:?name the shipped model}
+        rm -rf "assets/models/$name" && cp -r "$run_dir/export" "assets/models/$name"
+        python - "assets/models/$name/model_card.json" "$name" <<'PY'
+import json, sys
+card = json.load(open(sys.argv[1]))
+card["name"] = sys.argv[2]
+json.dump(card, open(sys.argv[1], "w"), indent=1)
+PY
+        echo "shipped $run_dir/export as assets/models/$name" ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid or ship" >&2; exit 2 ;;
 esac
 wait
