@@ -45,4 +45,5 @@ def test_fmow_pretrain_export_index_evaluate(tmp_path):
     table = evaluate([str(model)], FMOW, tmp_path / "index", json_file=tmp_path / "eval.json")
     assert "| fmow-ijepa |" in table and "| raw-pixels |" in table and "queries = val" in table
     numbers = json.loads((tmp_path / "eval.json").read_text())
-    assert numbers["tuning"] == "none (C=1)" and set(numbers["rows"]) == {"fmow-ijepa", "random-init", "raw-pixels", "colour-histogram"}
+    assert numbers["tuning"] == "none (C=1)" and set(numbers["rows"]) == {
+        "fmow-ijepa", "random-init", "raw-pixels", "colour-histogram", "colour-histogram-hellinger"}
