@@ -32,14 +32,12 @@ RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+
 
 
 def core_minutes(metrics: Path) -> float:
-    """Training compute of a run: each stretch of training seconds times the threads that ran it."""
-    total, previous = 0.0, 0.0
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
-        if "train_seconds" in record:
-            total += (record["train_seconds"] - previous) * record["threads"]
-            previous = record["train_seconds"]
-    return total / 60
+    """Training compute of a run, as the compute curve counts it (``report.read_metrics``: each stretch of training
+    seconds times the threads that ran it)."""
+    from report import read_metrics  # study/report.py, beside this file
+
+    losses, _ = read_metrics(metrics)
+    return max(r["core_minutes"] for r in losses)
 
 
 def score_runs(dataset: str, runs: Path) -> dict[str, dict]:

@@ -69,8 +69,7 @@ def test_timm_loads_the_exported_weights_with_no_project_code(tiny):
     root, _, model = tiny
     path = save_timm_weights(model, dtype=torch.float32)
     card = json.loads((model / "model_card.json").read_text())
-    vit = timm.create_model(card["timm"]["architecture"], pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                            **card["timm"]["kwargs"]).eval()
+    vit = timm.create_model(card["timm"]["architecture"], checkpoint_path=str(path), **card["timm"]["kwargs"]).eval()
     images = torch.rand(3, 3, 64, 64)
     norm = card["normalisation"]
     x = (images - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
@@ -156,8 +155,7 @@ def test_shipped_weights_load_through_timm_and_match_the_onnx_encoder(name):
     model_dir = MODELS_DIR / name
     card = json.loads((model_dir / "model_card.json").read_text())
     entry = card["timm"]
-    vit = timm.create_model(entry["architecture"], pretrained=True,
-                            pretrained_cfg_overlay={"file": str(model_dir / entry["weights"])}, **entry["kwargs"])
+    vit = timm.create_model(entry["architecture"], checkpoint_path=str(model_dir / entry["weights"]), **entry["kwargs"])
     size, norm = card["input_size"], card["normalisation"]
     images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = (images - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)

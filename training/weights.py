@@ -8,9 +8,10 @@ linear layers' weights are anonymous transposed constants, named back by their p
 The shipped file is ``encoder.safetensors`` beside ``encoder.onnx``, and the card's ``timm`` entry says how to
 load it::
 
-    timm.create_model(card["timm"]["architecture"], pretrained=True,
-                      pretrained_cfg_overlay=dict(file="assets/models/ijepa/encoder.safetensors"),
+    timm.create_model(card["timm"]["architecture"], checkpoint_path="assets/models/ijepa/encoder.safetensors",
                       **card["timm"]["kwargs"])
+
+(a local file only: ``pretrained`` stays off, so timm never reaches for a hub; for a new head, ``reset_classifier``).
 """
 
 from __future__ import annotations
@@ -113,16 +114,16 @@ def save_timm_weights(model_dir: str | Path, dtype: torch.dtype = torch.float16)
 
 def timm_encoder(model_dir: str | Path, drop_path_rate: float = 0.0) -> torch.nn.Module:
     """The exported encoder as a timm ``VisionTransformer`` (fp32): from ``encoder.safetensors`` through timm's own
-    ``pretrained_cfg_overlay`` where it is shipped, else read out of the ONNX graph."""
+    ``checkpoint_path`` loading where it is shipped (a local file; nothing is downloaded), else read out of the ONNX
+    graph."""
     import timm
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     if (model_dir / WEIGHTS_NAME).is_file() and "timm" in card:
         entry = card["timm"]
-        return timm.create_model(entry["architecture"], pretrained=True, drop_path_rate=drop_path_rate,
-                                 pretrained_cfg_overlay={"file": str(model_dir / entry["weights"])},
-                                 **entry["kwargs"]).float()
+        return timm.create_model(entry["architecture"], drop_path_rate=drop_path_rate,
+                                 checkpoint_path=str(model_dir / entry["weights"]), **entry["kwargs"]).float()
     return _encoder_from_onnx(model_dir, card, drop_path_rate)
 
 
