@@ -1,4 +1,4 @@
-"""Command line: ``python -m indexing {build,search,merge,evaluate} ...`` (parses arguments, calls one function)."""
+"""Command line: ``python -m indexing {build,search,merge,info,evaluate} ...`` (parses arguments, calls one function)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     merge = verbs.add_parser("merge", help="join the shards built with --shard into one index")
     merge.add_argument("--model", required=True)
     merge.add_argument("--index-dir")
+
+    info = verbs.add_parser("info", help="spec, bytes per vector, RAM and measured recall of published indexes")
+    info.add_argument("--model", nargs="*", help="models (default: every index under --index-dir)")
+    info.add_argument("--index-dir")
 
     evaluate = verbs.add_parser("evaluate", help="mAP@k, P@k, kNN and linear probe for models and baselines")
     evaluate.add_argument("--model", nargs="+", required=True)
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
             rows = search_image(args.model, args.image, args.k, args.where, args.index_dir)
             print(format_results(rows, args.json))
+        elif args.verb == "info":
+            from .info import info
+
+            print(info(args.model, args.index_dir))
         elif args.verb == "merge":
             from .shard import merge
 

@@ -29,7 +29,9 @@ from training.data import open_archive
 
 from .catalog import column, connect, id_of_hash, insert_frame, load_vectors, read_manifest, write_manifest
 from .encoders import Encoder, load_encoder, normalised
-from .faiss_index import EXACT_SPEC, build_index, choose_spec, write_atomic
+from .faiss_index import EXACT_SPEC, build_index, choose_spec, is_compressed, write_atomic
+from .quality import describe_quality, measure_quality
+from .vector_store import store_paths, write_store
 from .reader import iter_batches
 from .scan import Sample, hash_samples, list_samples
 from .paths import index_dir_for, model_key, resolve_archive
@@ -51,12 +53,15 @@ class BuildSummary:
     removed: int
     seconds: float
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)  # the manifest's "quality" (indexing.quality)
 
     def report(self) -> str:
         lines = [f"{self.model}: {self.images} images ({self.vectors} distinct) in {self.index_dir}, "
                  f"index {self.spec}" + (f" nprobe {self.nprobe}" if self.nprobe else " (exact search)"),
                  f"  embedded {self.embedded} new, removed {self.removed}, skipped {len(self.skipped)}, "
                  f"{self.seconds:.1f} s"]
+        if self.quality:
+            lines.append("  " + describe_quality(self.quality))
         lines += [f"  skipped {path}: {reason}" for _, path, reason in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more (table `skipped` in the catalogue)")
@@ -98,12 +103,14 @@ def build(model: str | Path, archive: str | Path | None = None, index_dir: str |
         bad = {sid for sid, _, _ in read_skips}
         samples = [s for s in samples if s.sample_id not in bad]
         before = con.execute("SELECT count(*) FROM vectors").fetchall()[0][0]
-        spec, nprobe, n_images, n_vectors = publish(con, out, samples, skipped + read_skips, dataset.classes,
-                                                    encoder, spec, nprobe, archive_path, model_key(model), trained)
+        manifest = publish(con, out, samples, skipped + read_skips, dataset.classes, encoder, spec, nprobe,
+                           archive_path, model_key(model), trained)
     finally:
         con.close()
-    return BuildSummary(model_key(model), out, spec, nprobe, n_images, n_vectors, embedded,
-                        max(0, before - n_vectors), time.time() - start, skipped + read_skips)
+    n_vectors = manifest["ntotal"]
+    return BuildSummary(model_key(model), out, manifest["spec"], manifest["nprobe"], manifest["counts"]["images"],
+                        n_vectors, embedded, max(0, before - n_vectors), time.time() - start, skipped + read_skips,
+                        manifest.get("quality", {}))
 
 
 def _claim_cache(con: duckdb.DuckDBPyConnection, encoder: Encoder) -> None:
@@ -187,10 +194,11 @@ def _commit_chunk(con: duckdb.DuckDBPyConnection, vec_rows: list[tuple[str, np.n
 
 def publish(con: duckdb.DuckDBPyConnection, out: Path, samples: list[Sample], skipped: list[tuple[str, str, str]],
             classes: list[str], encoder: Encoder, spec: str | None, nprobe: int | None, archive: Path, name: str,
-            trained: Any = None) -> tuple[str, int, int, int]:
-    """Write the FAISS file of ``samples`` and swap it in with the catalogue rows in one transaction.
+            trained: Any = None) -> dict[str, Any]:
+    """Write the FAISS file of ``samples`` (and, for a compressed spec, the float16 store its answers are
+    re-ranked on), measure its recall, and swap it in with the catalogue rows in one transaction.
 
-    Returns ``(spec, nprobe, images, vectors)``.
+    Returns the published manifest.
     """
     frame = {
         "sample_id": column([s.sample_id for s in samples], "str"), "path": column([s.path for s in samples], "str"),
@@ -208,10 +216,11 @@ def publish(con: duckdb.DuckDBPyConnection, out: Path, samples: list[Sample], sk
     ids, vectors = load_vectors(con, "WHERE hash IN (SELECT hash FROM new_images)")
     if len(ids) == 0:
         raise ValueError(f"no readable image in {archive} ({len(skipped)} skipped): nothing to index.")
+    calibrate = nprobe is None
     if trained is not None:
-        spec, nprobe = _spec_of(trained), nprobe or 0
+        spec, nprobe, calibrate = _spec_of(trained), nprobe or 0, False
     elif spec is None:
-        spec, default_nprobe = choose_spec(len(ids))
+        spec, default_nprobe = choose_spec(len(ids), vectors.shape[1])
         nprobe = nprobe if nprobe is not None else default_nprobe
         if spec == EXACT_SPEC:
             logger.info("%d vectors: small archive, exact search (%s)", len(ids), spec)
@@ -219,12 +228,20 @@ def publish(con: duckdb.DuckDBPyConnection, out: Path, samples: list[Sample], sk
     previous = read_manifest(con)
     generation = int(previous.get("generation", 0)) + 1
     index_file = f"index-{generation}.faiss"
+    store = None
+    if is_compressed(spec):  # the vectors its candidates are re-ranked on (and rebuilt from), float16 on disk
+        store = write_store(out, f"index-{generation}", len(ids), vectors.shape[1], [(ids, vectors)])
+    quality = measure_quality(index, ids, vectors, store, spec, nprobe or 0, calibrate)
+    nprobe = quality["nprobe"]
     write_atomic(index, out / index_file)
+    quality["index_bytes"] = (out / index_file).stat().st_size
+    quality["bytes_per_vector"] = quality["index_bytes"] / max(1, index.ntotal)
     _test_kill_point("before-commit")
     n_images = con.execute("SELECT count(*) FROM new_images").fetchall()[0][0]
     manifest = {
         "index_file": index_file, "generation": generation, "ntotal": int(index.ntotal), "spec": spec,
         "nprobe": int(nprobe or 0), "metric": "inner product of L2-normalised embeddings (cosine)",
+        **({"store": f"index-{generation}"} if store is not None else {}), "quality": quality,
         "dim": int(vectors.shape[1]), "model": name, "model_sha256": encoder.identity, "card": encoder.card,
         "archive": str(archive), "classes": list(classes),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,10 +261,11 @@ def publish(con: duckdb.DuckDBPyConnection, out: Path, samples: list[Sample], sk
     con.execute("DROP TABLE new_images")
     con.execute("CHECKPOINT")
     _test_kill_point("after-commit")
+    keep = {index_file, *(p.name for p in store_paths(out, f"index-{generation}"))}
     for stale in out.glob("index-*"):
-        if stale.name not in (index_file, manifest.get("ivfdata")):
+        if stale.name not in keep:
             stale.unlink(missing_ok=True)
-    return spec, int(nprobe or 0), int(n_images), int(index.ntotal)
+    return manifest
 
 
 def _spec_of(index: Any) -> str:

@@ -1,7 +1,16 @@
 """FAISS side of an index: choose the spec, train, add with the catalogue's ids, write atomically, search.
 
-Vectors are L2-normalised and compared by inner product (= cosine). The spec is an index-factory string
-(``"IDMap2,Flat"`` for exact search, ``"IVF<nlist>,Flat"`` otherwise) stored in the manifest with ``nprobe``.
+Vectors are L2-normalised and compared by inner product (= cosine). The spec is an index-factory string stored
+in the manifest with ``nprobe``, chosen by archive size (:func:`choose_spec`):
+
+* below 10k vectors, exact search (``"IDMap2,Flat"``, 4 D + 16 bytes per vector);
+* while the float32 vectors take at most 1 GiB (~1.3 M at D = 192), ``"IVF<nlist>,Flat"`` (4 D + 8 bytes);
+* above, a compressed ``"IVF<nlist>,RaBitQ2"``: 2-bit RaBitQ codes of the residuals (D / 4 bytes + 2 floats +
+  the id, ~70 bytes at D = 192), whose top ``10 k`` candidates are re-scored exactly on the float16 vectors
+  kept on disk (:mod:`indexing.vector_store`), so recall stays high while RAM holds only the codes. Measured
+  against 4-bit fast-scan PQ (``PQ48x4fs``, ``PQ96x4fsr``, ``OPQ48``), SQ4 and 1- / 3-bit RaBitQ on real +
+  synthetic embeddings (benchmarks/bench_scale.py): PQ re-ranked reached 0.43-0.83 recall@10 on these
+  whitened embeddings, RaBitQ2 re-ranked 0.96-0.98 at 2x PQ48's bytes.
 """
 
 from __future__ import annotations
@@ -9,10 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from .vector_store import VectorStore, rerank
 
 logger = logging.getLogger(__name__)
 
@@ -20,23 +32,39 @@ EXACT_BELOW = 10_000  # archives with fewer vectors use exact search
 MIN_PER_LIST = 39  # FAISS warns below 39 training points per centroid
 MAX_PER_LIST = 64  # training vectors per centroid beyond which IVF training subsamples
 EXACT_SPEC = "IDMap2,Flat"
+FLAT_MAX_BYTES = 1 << 30  # IVF-Flat while its float32 vectors take at most this; compressed codes above
+COMPRESSED_CODES = "RaBitQ2"  # the codes of the compressed tier (see the module docstring)
+RERANK_FACTOR = 10  # a compressed index re-scores k x this candidates exactly on the stored vectors
+RECALL_TARGET = 0.95  # a compressed index's default nprobe: the smallest reaching this recall@10 at build time
+NPROBE_LADDER = (8, 16, 32, 64, 128, 256)
 
 
-def choose_spec(n: int) -> tuple[str, int]:
-    """``(factory string, nprobe)`` for ``n`` vectors: exact below :data:`EXACT_BELOW`, else IVF with
-    nlist ~ 4 sqrt(n), bounded so that n >= 39 nlist, and nprobe = nlist / 16 (at least 8)."""
+def choose_spec(n: int, dim: int = 192) -> tuple[str, int]:
+    """``(factory string, nprobe)`` for ``n`` vectors of ``dim``: exact below :data:`EXACT_BELOW`; IVF-Flat
+    with nlist ~ 4 sqrt(n) (n >= 39 nlist) and nprobe = nlist / 16 (at least 8) while the vectors fit in
+    :data:`FLAT_MAX_BYTES`; above, IVF with nlist the power of two nearest sqrt(n) over 2-bit RaBitQ codes,
+    nprobe 32 (the build then calibrates it: :func:`calibrate_nprobe`)."""
     if n < EXACT_BELOW:
         return EXACT_SPEC, 0
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // MIN_PER_LIST))
-    return f"IVF{nlist},Flat", min(nlist, max(8, nlist // 16))
+    if n * dim * 4 <= FLAT_MAX_BYTES:
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // MIN_PER_LIST))
+        return f"IVF{nlist},Flat", min(nlist, max(8, nlist // 16))
+    nlist = min(1 << 16, 2 ** round(math.log2(math.sqrt(n))))
+    return f"IVF{nlist},{COMPRESSED_CODES}", 32
 
 
 def is_ivf(spec: str) -> bool:
-    return spec.upper().startswith("IVF")
+    return spec.upper().startswith(("IVF", "OPQ", "PCA"))
+
+
+def is_compressed(spec: str) -> bool:
+    """Whether ``spec`` stores lossy codes (PQ, scalar quantisers, RaBitQ) rather than the vectors."""
+    return bool(re.search(r"PQ\d|SQ\d|RaBitQ|LSH", spec, re.IGNORECASE))
 
 
 def nlist_of(spec: str) -> int:
-    return int(spec.split(",")[0][3:]) if is_ivf(spec) else 0
+    match = re.search(r"IVF(\d+)", spec)
+    return int(match[1]) if match else 0
 
 
 def train_index(spec: str, train: np.ndarray) -> faiss.Index:
@@ -102,12 +130,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int = 0,
-           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           allowed: np.ndarray | None = None, store: VectorStore | None = None,
+           rerank_factor: int = RERANK_FACTOR) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` ``(scores [Q, k], ids [Q, k])`` (id -1 = no result), optionally only among ``allowed`` ids.
 
     For IVF indexes, ``nprobe`` doubles until every query has ``min(k, candidates)`` results, so a filter never
-    returns fewer results than exist (at ``nprobe = nlist`` the search is exhaustive).
+    returns fewer results than exist (at ``nprobe = nlist`` the search is exhaustive). With a ``store`` (a
+    compressed index), ``k * rerank_factor`` candidates come from the codes and are re-scored exactly on the
+    stored vectors; the scores returned are then exact inner products.
     """
+    if store is not None:
+        _, candidates = search(index, queries, k * rerank_factor, nprobe, allowed)
+        return rerank(store, np.ascontiguousarray(queries, dtype=np.float32), candidates, k)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)) if allowed is not None else None
     available = index.ntotal if allowed is None else len(allowed)
@@ -123,3 +157,38 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int = 0,
         if ivf is None or probe >= ivf.nlist or ((ids >= 0).sum(axis=1) >= want).all():
             return scores, ids
         probe = min(ivf.nlist, probe * 2)
+
+
+def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    """Ids (row positions) int64 [Q, k] of the exact top-``k`` inner products (brute force, FAISS BLAS)."""
+    _, rows = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32), k,
+                        metric=faiss.METRIC_INNER_PRODUCT)
+    return rows
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth`` [Q, k] present in the same row of ``found`` [Q, >= k]."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def sample_recall(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, nprobes: tuple[int, ...],
+                  store: VectorStore | None = None, queries: int = 300, k: int = 10, seed: int = 0
+                  ) -> dict[int, float]:
+    """recall@``k`` of ``index`` against exact search, per nprobe, for a seeded sample of its own vectors
+    as queries (each query's own vector left out of both answers, so it is held out of what is scored)."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(ids), min(queries, len(ids)), replace=False))
+    probe = vectors[pick]
+    truth_rows = exact_neighbours(probe, vectors, k + 1)
+    truth = [[i for i in ids[r] if i != ids[q]][:k] for q, r in zip(pick, truth_rows)]
+    recalls = {}
+    for nprobe in nprobes:
+        _, found = search(index, probe, k + 1, nprobe, store=store)
+        found = [[i for i in row if i != ids[q]][:k] for q, row in zip(pick, found.tolist())]
+        recalls[nprobe] = recall_at(np.array(found), np.array(truth))
+    return recalls
+
+
+def calibrate_nprobe(recalls: dict[int, float], target: float = RECALL_TARGET) -> int:
+    """The smallest nprobe whose recall reaches ``target`` (else the one with the best recall)."""
+    reaching = [n for n, r in sorted(recalls.items()) if r >= target]
+    return reaching[0] if reaching else max(recalls, key=lambda n: (recalls[n], -n))

@@ -16,7 +16,6 @@ import numpy as np
 
 from .catalog import IMAGE_COLUMNS
 from .encoders import load_encoder, normalised
-from .faiss_index import search as faiss_search
 from .paths import index_dir_for
 from .query import read_query_image
 from .store import OpenIndex, open_index
@@ -50,7 +49,7 @@ def search_vectors(opened: OpenIndex, queries: np.ndarray, k: int = 10, where: s
     allowed = candidate_ids(opened.con, where) if where else None
     if allowed is not None and len(allowed) == 0:
         return [[] for _ in range(len(queries))]
-    scores, ids = faiss_search(opened.index, queries, k, int(opened.manifest.get("nprobe", 0)), allowed)
+    scores, ids = opened.search(queries, k, allowed)
     results = []
     for row_scores, row_ids in zip(scores, ids):
         hits = [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]

@@ -27,7 +27,6 @@ import torch
 from rasterio.windows import Window
 
 from indexing.encoders import OnnxEncoder, load_encoder, normalised
-from indexing.faiss_index import search as faiss_search
 from indexing.paths import index_dir_for, model_key, resolve_model
 from indexing.probe import HEAD_NAME, load_head
 from indexing.search import search_vectors
@@ -498,7 +497,7 @@ class RetrievalService:
         Unfiltered with a :class:`RowLookup`: the same FAISS search as ``search_vectors`` and the rows by rowid.
         """
         if filters.empty and rows is not None:
-            scores, ids = faiss_search(opened.index, query, k, int(opened.manifest.get("nprobe", 0)))  # [1, k]
+            scores, ids = opened.search(query, k)  # [1, k]
             found = ids[0] >= 0
             return [clean_row(r) for r in rows.rows(opened.con, ids[0][found], scores[0][found])[:k]]
         if filters.empty:

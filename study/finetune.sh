@@ -2,11 +2,14 @@
 # The label-efficiency study's fine-tuning runs (RESULTS.md, "Few labels"). Run from the repository root:
 #   bash study/finetune.sh sweep              # the recipe on EuroSAT val: peak lr at 10 % of the labels, per init
 #   bash study/finetune.sh choose             # -> study/finetune-sweep.json: each init's best lr on val
+#   bash study/finetune.sh sweep-aid          # the same on AID val with the AID-trained inits (AID's own lr)
+#   bash study/finetune.sh choose-aid         # -> study/finetune-sweep-aid.json
 #   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1), chosen lr
-#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (EuroSAT's lr choice)
+#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (AID's lr choice where
+#                                             # study/finetune-sweep-aid.json exists, else EuroSAT's)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
-# (two side by side on the 2-core machine); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
+# (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
 # there is nothing pretrained to protect). The paper's I-JEPA row needs its pretraining run (RUNS/ijepa-150*).
 # Lengths: 30 passes over a 1 % or 10 % subset (at least 300 steps; AID 200), FULL_EPOCHS (default 8) at 100 %;
@@ -36,10 +39,10 @@ epochs_for() {  # fraction -> passes over the labelled subset (short subsets get
 }
 
 pool=()
-queue() {  # run in the background, at most two at a time
+queue() {  # run in the background, at most POOL (default 2) at a time
     "$@" &
     pool+=($!)
-    if [ ${#pool[@]} -eq 2 ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
+    if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
 case ${1:?sweep, choose, eurosat, aid or ship} in
@@ -51,17 +54,40 @@ case ${1:?sweep, choose, eurosat, aid or ship} in
         for lr in 0.0005 0.001 0.002; do queue run "sweep-mae-10-lr$lr" "$eurosat" mae 0.1 30 lr=$lr; done
         # the best rates were at the grid's top: one step further for every init
         for init in ijepa random:ijepa mae; do queue run "sweep-${init%:*}-10-lr0.004" "$eurosat" "$init" 0.1 30 lr=0.004; done ;;
-    choose)  # the final val accuracy of each sweep run; the best lr per init
-        python - "$runs" <<'PY'
+    sweep-aid)  # AID's 10 % runs at EuroSAT's choice (aid-*-10) are the grid's 4e-3 points; 1e-3 was worse for
+        # both inits, so the grid went up, not down
+        for lr in 0.001 0.008; do
+            for init in mae-aid ijepa-aid; do
+                queue run "sweep-aid-$init-10-lr$lr" "$aid" "$init" 0.1 30 lr=$lr evaluations=5 val_images=1000 min_steps=200
+            done
+        done ;;
+    choose|choose-aid)  # the final val accuracy of each sweep run; the best lr per init
+        python - "$runs" "$1" <<'PY'
 import json, re, sys
 from pathlib import Path
+runs, mode = Path(sys.argv[1]), sys.argv[2]
+def final_val(metrics):
+    return [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l][-1]
 found = {}
-for metrics in sorted(Path(sys.argv[1]).glob("sweep-*/metrics.jsonl")):
-    init, lr = re.match(r"sweep-(.+)-10-lr(.+)", metrics.parent.name).groups()
-    vals = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
-    found.setdefault(init, {})[lr] = vals[-1]
+if mode == "choose":
+    for metrics in sorted(runs.glob("sweep-*/metrics.jsonl")):
+        if metrics.parent.name.startswith("sweep-aid-"):
+            continue
+        init, lr = re.match(r"sweep-(.+)-10-lr(.+)", metrics.parent.name).groups()
+        found.setdefault(init, {})[lr] = final_val(metrics)
+    out = Path("study/finetune-sweep.json")
+else:  # AID: its sweep runs plus the 10 % runs made at EuroSAT's choice
+    eurosat_lr = json.loads(Path("study/finetune-sweep.json").read_text())["chosen_lr"]
+    for metrics in sorted(runs.glob("sweep-aid-*/metrics.jsonl")):
+        init, lr = re.match(r"sweep-aid-(.+)-10-lr(.+)", metrics.parent.name).groups()
+        found.setdefault(init, {})[lr] = final_val(metrics)
+    for init in list(found):
+        earlier = runs / f"aid-{init}-10" / "metrics.jsonl"
+        if earlier.exists():
+            found[init][eurosat_lr[init.removesuffix("-aid")]] = final_val(earlier)
+    out = Path("study/finetune-sweep-aid.json")
 chosen = {init: max(lrs, key=lrs.get) for init, lrs in found.items()}
-Path("study/finetune-sweep.json").write_text(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
+out.write_text(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
 print(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
 PY
         ;;
@@ -70,12 +96,16 @@ PY
         [ $# -gt 0 ] || set -- 0.01 0.1 1
         if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(ijepa mae); like=ijepa; extra=()
         else data=$aid; inits=(ijepa-aid mae-aid); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
-        lr() { python -c "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['$1'])"; }
+        choice=study/finetune-sweep.json
+        [ "$dataset" = aid ] && [ -f study/finetune-sweep-aid.json ] && choice=study/finetune-sweep-aid.json
+        lr() {  # an init's chosen rate; AID's sweep names the AID inits, EuroSAT's the plain ones
+            python -c "import json; c = json.load(open('$choice'))['chosen_lr']; e = json.load(open('study/finetune-sweep.json'))['chosen_lr']; print(c.get('$1') or e['${1%-aid}'])"
+        }
         for fraction in "$@"; do
             pct=$(python -c "print(f'{100 * $fraction:g}')")
             for init in "${inits[@]}"; do
                 queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$(lr "${init%-aid}")" "${extra[@]}"
+                    lr="$(lr "$init")" "${extra[@]}"
             done
             queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
                 lr="$(lr random)" "${extra[@]}"
