@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                        help="torch: --model is a training run folder, run in PyTorch eager mode")
     build.add_argument("--shard", help="i/n: embed shard i of n into its own inverted lists (then `merge`)")
+    build.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="ray: read as Ray tasks and embed in an actor pool (pip install -e \".[ray]\")")
+    build.add_argument("--address", help="--engine ray: the cluster to join (auto: the running one; default: "
+                                         "start a local one)")
+    build.add_argument("--workers", type=int, help="--engine ray: embedding actors (default: one per CPU, or per "
+                                                    "GPU with --gpus-per-worker)")
+    build.add_argument("--gpus-per-worker", type=float, default=0.0, help="--engine ray: GPUs per actor")
 
     search = verbs.add_parser("search", help="top-k similar images for a query image")
     search.add_argument("image", help="query image (JPEG, PNG or GeoTIFF)")
@@ -76,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                 from .build import build
 
                 print(build(args.model, args.archive, args.index_dir, spec=args.spec, nprobe=args.nprobe,
-                            batch_size=args.batch_size, commit_every=args.commit_every,
-                            backend=args.backend).report())
+                            batch_size=args.batch_size, commit_every=args.commit_every, backend=args.backend,
+                            engine=args.engine, address=args.address, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker).report())
         elif args.verb == "search":
             from .search import format_results, search_image
 

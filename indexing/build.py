@@ -71,7 +71,8 @@ class BuildSummary:
 def build(model: str | Path, archive: str | Path | None = None, index_dir: str | Path | None = None, *,
           spec: str | None = None, nprobe: int | None = None, batch_size: int = 64, commit_every: int = 512,
           backend: str = "onnx", out_dir: Path | None = None, sample_filter: Any = None,
-          trained: Any = None) -> BuildSummary:
+          trained: Any = None, engine: str = "local", address: str | None = None,
+          workers: int | None = None, gpus_per_worker: float = 0.0) -> BuildSummary:
     """Build or update the index of ``archive`` for ``model`` in ``<index_dir>/<model>/``.
 
     Args:
@@ -79,6 +80,9 @@ def build(model: str | Path, archive: str | Path | None = None, index_dir: str |
         archive: any layout ``training.data.open_archive`` reads; None = the demo archive.
         spec / nprobe: FAISS factory string and nprobe; None = :func:`indexing.faiss_index.choose_spec`.
         commit_every: embeddings per committed chunk (what a killed build can lose).
+        engine: ``"local"`` (this process: a reader thread and ONNX Runtime) or ``"ray"`` (read as Ray tasks,
+            embedded by an actor pool of ONNX Runtime sessions on the cluster at ``address``, ``workers``
+            actors with ``gpus_per_worker`` GPUs each: :mod:`indexing.ray_build`); both commit the same chunks.
         out_dir / sample_filter / trained: used by :mod:`indexing.shard` (another folder, a subset of samples,
             a shared trained IVF).
 
@@ -98,8 +102,16 @@ def build(model: str | Path, archive: str | Path | None = None, index_dir: str |
         skipped += hash_samples(con, samples)
         if sample_filter is not None:
             samples = [s for s in samples if sample_filter(s)]
-        embedded, read_skips = embed_missing(con, dataset, samples, encoder, batch_size, commit_every,
-                                             model_key(model))
+        if engine == "ray":
+            from .ray_build import embed_missing_ray
+
+            embedded, read_skips = embed_missing_ray(con, archive_path, samples, encoder, batch_size, commit_every,
+                                                     model_key(model), address, workers, gpus_per_worker)
+        elif engine == "local":
+            embedded, read_skips = embed_missing(con, dataset, samples, encoder, batch_size, commit_every,
+                                                 model_key(model))
+        else:
+            raise ValueError(f"unknown engine {engine!r}: choose local or ray")
         bad = {sid for sid, _, _ in read_skips}
         samples = [s for s in samples if s.sample_id not in bad]
         before = con.execute("SELECT count(*) FROM vectors").fetchall()[0][0]
@@ -126,48 +138,74 @@ def _claim_cache(con: duckdb.DuckDBPyConnection, encoder: Encoder) -> None:
     con.execute("COMMIT")
 
 
-def embed_missing(con: duckdb.DuckDBPyConnection, dataset: Any, samples: list[Sample], encoder: Encoder,
-                  batch_size: int, commit_every: int, name: str = "") -> tuple[int, list[tuple[str, str, str]]]:
-    """Read and embed the samples the catalogue lacks, committing every ``commit_every`` samples.
-
-    Returns ``(number of new embeddings, [(sample_id, path, reason)] of samples that could not be read)``.
-    """
+def plan_missing(con: duckdb.DuckDBPyConnection, samples: list[Sample]) -> tuple[dict[int, Sample], set[str]]:
+    """``(samples the catalogue lacks, by dataset index; content hashes already embedded)``."""
     have_meta = set(con.execute("SELECT sample_id, hash FROM sample_meta").fetchall())
     have_vec = {h for (h,) in con.execute("SELECT hash FROM vectors").fetchall()}
     todo = {s.index: s for s in samples if (s.sample_id, s.hash) not in have_meta}
     logger.info("%d samples, %d already embedded, %d to read", len(samples), len(samples) - len(todo), len(todo))
+    return todo, have_vec
+
+
+class ChunkWriter:
+    """Collects what was read and embedded and commits it every ``commit_every`` samples, one transaction per
+    chunk (what a killed build can lose); an embedding whose content hash is already stored is not stored twice."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, have_vec: set[str], commit_every: int) -> None:
+        self.con, self.have_vec, self.commit_every = con, have_vec, commit_every
+        self.vec_rows: list[tuple[str, np.ndarray]] = []
+        self.meta_rows: list[tuple[Sample, dict[str, Any]]] = []
+        self.embedded = 0
+
+    def needs_vector(self, sample: Sample) -> bool:
+        return sample.hash not in self.have_vec
+
+    def add(self, sample: Sample, meta: dict[str, Any], vector: np.ndarray | None) -> None:
+        """One read sample, its metadata and (if its content is new) its L2-normalised embedding [D]."""
+        self.meta_rows.append((sample, meta))
+        if vector is not None and sample.hash not in self.have_vec:
+            self.have_vec.add(sample.hash)
+            self.vec_rows.append((sample.hash, vector))
+            self.embedded += 1
+        if len(self.meta_rows) >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        _commit_chunk(self.con, self.vec_rows, self.meta_rows)
+        self.vec_rows, self.meta_rows = [], []
+
+
+def embed_missing(con: duckdb.DuckDBPyConnection, dataset: Any, samples: list[Sample], encoder: Encoder,
+                  batch_size: int, commit_every: int, name: str = "") -> tuple[int, list[tuple[str, str, str]]]:
+    """Read and embed the samples the catalogue lacks in this process, committing every ``commit_every``.
+
+    Returns ``(number of new embeddings, [(sample_id, path, reason)] of samples that could not be read)``.
+    """
+    todo, have_vec = plan_missing(con, samples)
+    writer = ChunkWriter(con, have_vec, commit_every)
     skipped: list[tuple[str, str, str]] = []
-    vec_rows: list[tuple[str, np.ndarray]] = []
-    meta_rows: list[tuple[Sample, dict[str, Any]]] = []
-    embedded = 0
     delay = float(os.environ.get("INDEXING_TEST_BATCH_DELAY", "0"))  # test hook: slows a build to kill it
     bar = tqdm(total=len(todo), desc=f"embedding {name}".strip(), unit="img", disable=None, smoothing=0.1)
     for batch in iter_batches(dataset, sorted(todo), batch_size):
-        images, hashes = [], []
+        read, new = [], {}  # new: content hash -> image of the samples whose embedding is not stored yet
         for index, result in batch:
             sample = todo[index]
             if isinstance(result, str):
                 logger.warning("skipping %s: %s", sample.path, result)
                 skipped.append((sample.sample_id, sample.path, result))
                 continue
-            meta_rows.append((sample, result))
-            if sample.hash not in have_vec:
-                have_vec.add(sample.hash)
-                images.append(result["image"])
-                hashes.append(sample.hash)
-        if images:
-            vectors = normalised(encoder.embed(torch.stack(images)))  # [B, D]
-            vec_rows += zip(hashes, vectors)
-            embedded += len(images)
+            read.append((sample, result))
+            if writer.needs_vector(sample):
+                new.setdefault(sample.hash, result["image"])
+        vectors = dict(zip(new, normalised(encoder.embed(torch.stack(list(new.values())))))) if new else {}
+        for sample, result in read:
+            writer.add(sample, result, vectors.get(sample.hash))
         bar.update(len(batch))
-        if len(meta_rows) >= commit_every:
-            _commit_chunk(con, vec_rows, meta_rows)
-            vec_rows, meta_rows = [], []
         if delay:
             time.sleep(delay)
-    _commit_chunk(con, vec_rows, meta_rows)
+    writer.commit()
     bar.close()
-    return embedded, skipped
+    return writer.embedded, skipped
 
 
 def _commit_chunk(con: duckdb.DuckDBPyConnection, vec_rows: list[tuple[str, np.ndarray]],

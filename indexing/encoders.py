@@ -32,8 +32,8 @@ class Encoder(Protocol):
 class OnnxEncoder(ExportedEncoder):
     """:class:`training.encoder.ExportedEncoder` plus ``identity`` = sha256 of the ONNX file."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
-        super().__init__(model_dir, threads)
+    def __init__(self, model_dir: str | Path, threads: int | None = None, gpu: bool = False) -> None:
+        super().__init__(model_dir, threads, gpu)
         self.identity = sha256_file(self.model_dir / self.card["onnx"])
 
 

@@ -39,9 +39,10 @@ def default_threads() -> int:
 
 class ExportedEncoder:
     """An exported encoder run by ONNX Runtime. `embed(images)` -> [B, D] float32 numpy.
-    ``threads``: intra-op threads (None: :func:`default_threads`)."""
+    ``threads``: intra-op threads (None: :func:`default_threads`); ``gpu``: run on CUDA where this ONNX Runtime
+    build has it (onnxruntime-gpu), else on the CPU."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, threads: int | None = None, gpu: bool = False) -> None:
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -49,8 +50,10 @@ class ExportedEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.model_dir / self.card["onnx"]), options,
-                                            providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.model_dir / self.card["onnx"]), options, providers=providers)
         self.input_size = int(self.card["input_size"])
         self.bands = int(self.card["bands"])
         self.dim = int(self.card["embedding_dim"])
