@@ -2,6 +2,12 @@
 pre-loaded tensors (goal >= 0.9), and ONNX Runtime ÷ PyTorch eager. Prints ratios from one run.
 
     python benchmarks/bench_embed.py [--archive ../shared/data/eurosat-rgb] [--images 2000] [--model DIR]
+    python benchmarks/bench_embed.py --engines local ray --images 5000   # + build --engine ray ÷ local (>= 0.9)
+
+With ``--engines local ray`` the Ray build runs on a local cluster of this machine's cores, started once before
+the timed rounds (as a build joining a running cluster with ``--address auto`` finds it); its start-up is
+printed apart. The rounds alternate between the engines and each keeps its best, so load from elsewhere on the
+machine falls on both alike.
 
 Without --model, a randomly initialised encoder of the default architecture (ViT width 192, depth 6, 64 px,
 patch 8) is exported to a temporary folder: speed does not depend on the weights.
@@ -55,7 +61,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local"])
     args = parser.parse_args()
+    ray_start = None
+    if "ray" in args.engines:
+        import ray
+
+        start = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray_start = time.perf_counter() - start
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,10 +86,14 @@ def main() -> None:
         dataset = open_archive(archive, None, image_size=encoder.input_size)
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])  # [N, C, S, S], pre-loaded
         end_to_end, onnx, eager = 0.0, 0.0, 0.0
+        by_engine = {engine: 0.0 for engine in args.engines}
         for round_ in range(args.rounds):  # interleaved rounds, best of each: robust to other load on the CPU
-            start = time.perf_counter()
-            summary = build(model, archive, tmp / f"index{round_}", batch_size=args.batch_size)
-            end_to_end = max(end_to_end, summary.embedded / (time.perf_counter() - start))
+            for engine in args.engines:
+                start = time.perf_counter()
+                summary = build(model, archive, tmp / f"index-{engine}{round_}", batch_size=args.batch_size,
+                                engine=engine)
+                by_engine[engine] = max(by_engine[engine], summary.embedded / (time.perf_counter() - start))
+            end_to_end = by_engine[args.engines[0]]
             onnx = max(onnx, images_per_second(encoder.embed, images, args.batch_size))
             with torch.no_grad():
                 eager = max(eager, images_per_second(lambda x: module(x)[0], images, args.batch_size))
@@ -87,6 +105,11 @@ def main() -> None:
     print(f"encoder alone, PyTorch eager, pre-loaded tensors:           {eager:7.1f} images/s")
     print(f"ratio build / encoder alone = {end_to_end / onnx:.2f} (goal >= 0.9)")
     print(f"ratio ONNX Runtime / PyTorch eager = {onnx / eager:.2f}")
+    if "ray" in by_engine and "local" in by_engine:
+        print(f"build --engine ray (local cluster, {os.cpu_count()} CPUs; started in {ray_start:.1f} s, not counted): "
+              f"{by_engine['ray']:7.1f} images/s; --engine local {by_engine['local']:7.1f} images/s")
+        print(f"ratio ray / local = {by_engine['ray'] / by_engine['local']:.2f} (goal >= 0.9); load average "
+              f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

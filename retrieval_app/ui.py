@@ -32,6 +32,7 @@ from .finder import DEFAULT_RANKER, Finder, SessionError
 from .loop import RANKERS
 from .images import ImageFiles
 from .plots import results_map
+from .web_map import BASEMAP, MAP_HTML, STATIC_DIR, head_html, map_data
 from .service import QueryError, QueryResult, RetrievalService
 from .upload import LARGE_MODES, UPLOAD_HARD_CAP, UploadError
 
@@ -45,6 +46,9 @@ MAX_GALLERY = 50
 #: as tall as their rows of results: gradio keeps a gallery 450 px tall at least (a blank area under two rows), so
 #: ``.results-gallery`` lowers that floor to an empty gallery's 120 px.
 CSS = """
+.satjepa-draw { background: #fff; border: 2px solid rgba(0,0,0,.2); border-radius: 4px; padding: 4px 8px;
+  cursor: pointer; font: 12px sans-serif; }
+.satjepa-draw.active { background: #e4572e; color: #fff; }
 .gallery-item .caption-label, .thumbnail-item .caption-label { white-space: normal !important;
   overflow: visible !important; text-overflow: clip !important; font-size: 12px; line-height: 1.25; }
 .results-gallery .grid-wrap.fixed-height { min-height: 120px !important; }
@@ -69,7 +73,7 @@ def launch_options(services: Services) -> dict[str, Any]:
     return {"allowed_paths": allowed, "max_file_size": UPLOAD_HARD_CAP, "ssr_mode": False,
             "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                        font_mono=["ui-monospace", "monospace"]),
-            "css": CSS, "footer_links": ["api"]}
+            "css": CSS, "head": head_html(), "footer_links": ["api"]}
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -131,6 +135,10 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     finders = {name: Finder(service) for name, service in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
     images = ImageFiles(export_root / "images")
+    # Served in place, never copied into gradio's cache per response: the map's code and basemap, the rendered
+    # images (content-named, written once) and the archives' own files.
+    gr.set_static_paths([STATIC_DIR, BASEMAP.parent, images.folder,
+                         *sorted({p for s in services.values() for p in s.allowed_paths()})])
     no_map = images.path(_placeholder("No locations: this archive's images carry no coordinates.",
                                       "Choose a located archive to see a map."))  # drawn once, not per query
 
@@ -181,6 +189,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
+        outputs.append(map_data(service, result, images) or {})
         return outputs
 
     def _file(thumbnail: str | np.ndarray) -> str:
@@ -261,7 +270,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                        for n, h in enumerate(finds[key]["hits"][:500], 1)]
         service = _service(archive)
         located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
-        return rows, summary, finds, images.path(located) if located is not None else no_map
+        return (rows, summary, finds, images.path(located) if located is not None else no_map,
+                map_data(service, result, images, kind="find") or {})
 
     def clicker(key: str) -> Callable:
         """Gallery click handler of model ``key``: choose the result for the explanation, or mark it ✓ / ✗ (the
@@ -428,7 +438,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 explain_text = gr.Markdown()
             with gr.Column():
                 gr.Markdown("### Map of the results (offline)")
-                result_map = gr.Image(label="Locations", show_label=False, interactive=False, elem_id="result-map")
+                gr.HTML(MAP_HTML, elem_id="map-panel")
+                map_json = gr.JSON(visible=False, elem_id="map-data")
+                with gr.Accordion("The map as a picture (for reports)", open=False):
+                    result_map = gr.Image(label="Locations", show_label=False, interactive=False,
+                                          elem_id="result-map")
                 export_button = gr.Button("Export these results (CSV + GeoJSON)", elem_id="export")
                 with gr.Row():
                     csv_file = gr.File(label="CSV", interactive=False, elem_id="csv-file")
@@ -439,7 +453,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         explain_outputs = [heat_query, heat_result, explain_text]
         # After each query the first result of the first model is explained right away.
         per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
-        page = [status, query_view, *per_model, result_map, csv_file, geojson_file, state, explain_model, explain_id]
+        page = [status, query_view, *per_model, result_map, csv_file, geojson_file, state, explain_model, explain_id,
+                map_json]
         filter_inputs = [label_filter, split_filter, date_from, date_to, bbox]
         loop_outputs = [session_state, marks_view, *thresholds, counts]
 
@@ -461,7 +476,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             slider.input(on_threshold, [session_state, *filter_inputs, archive, *thresholds], [counts],
                          api_visibility="private", trigger_mode="always_last")
         find_button.click(run_find_all, [session_state, *filter_inputs, archive, *thresholds],
-                          [finds_table, finds_summary, finds_state, result_map], api_visibility="private")
+                          [finds_table, finds_summary, finds_state, result_map, map_json], api_visibility="private")
+        map_json.change(None, [map_json], None, js="(data) => { window.satjepaMap && window.satjepaMap.show(data); }")
         export_finds.click(_guarded(lambda finds: ui_loop.write_finds(finds, export_root)), [finds_state],
                            [finds_file], api_visibility="private")
         save_session.click(_guarded(lambda session: ui_loop.write_session(session, export_root)), [session_state],
