@@ -11,7 +11,7 @@ reaching recall@10 >= 0.95), 1,000 others are scored. Exact top-10 over all n ve
 Rows per size (each built and served in its own process, so peak RSS is that row's alone):
 
 * ``compressed``: the spec ``indexing`` chooses at this size (IVF + 2-bit RaBitQ codes) with its top
-  ``10 k`` candidates re-scored on the float16 vectors memory-mapped from disk (indexing.vector_store), and the
+  ``30 k`` candidates re-scored on the float16 vectors memory-mapped from disk (indexing.vector_store), and the
   same codes without re-ranking;
 * ``ivf-flat``: today's ``IVF<nlist>,Flat`` in RAM (the same coarse centroids, so one k-means serves both);
 * ``ivf-flat on disk``: the same lists merged into an ``OnDiskInvertedLists`` file (``indexing merge``'s layout)

@@ -363,13 +363,14 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                     place_button = gr.Button("Search here", elem_id="search-place", scale=1)
                 k = gr.Slider(1, MAX_GALLERY, value=10, step=1, label="k (neighbours per model)")
                 large = gr.Radio(list(LARGE_MODES), value=LARGE_MODES[0], label="GeoTIFF larger than a chip")
-                with gr.Accordion("Filters", open=False):
+                with gr.Accordion("Filters", open=False, elem_id="filters"):
                     label_filter = gr.Dropdown(choices=labels[names[0]], multiselect=True, label="Labels")
                     split_filter = gr.CheckboxGroup(choices=splits[names[0]], label="Splits")
                     with gr.Row():
                         date_from = gr.Textbox(label="Date from", placeholder="YYYY-MM-DD")
                         date_to = gr.Textbox(label="Date to", placeholder="YYYY-MM-DD")
-                    bbox = gr.Textbox(label="Bounding box", placeholder="min lon, min lat, max lon, max lat")
+                    bbox = gr.Textbox(label="Bounding box", placeholder="min lon, min lat, max lon, max lat",
+                                      elem_id="bbox")
                 search = gr.Button("Search", variant="primary", elem_id="search")
             with gr.Column(scale=1):
                 query_view = gr.Image(label="Query as the models see it", interactive=False, height=256,

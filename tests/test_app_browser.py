@@ -123,7 +123,25 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             captions = page.locator("#gallery-ijepa .caption-label", has_text=located)  # the new results
             captions.nth(K - 1).wait_for()
             assert captions.count() == K
-            page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
+            # The interactive map (Leaflet, bundled) shows the finds over the archive's own chips.
+            page.wait_for_function(f"() => +document.getElementById('leaflet-map').dataset.results >= {count}")
+            assert page.evaluate("() => typeof L") == "object"
+            assert page.locator("#leaflet-map img.leaflet-image-layer").count() > count  # chips under the finds
+            # Draw a box on the map: it becomes the bounding-box filter.
+            page.locator("#leaflet-map").scroll_into_view_if_needed()
+            map_box = page.locator("#leaflet-map").bounding_box()
+            page.locator("#map-draw-box").click()
+            x0, y0 = map_box["x"] + map_box["width"] * 0.35, map_box["y"] + map_box["height"] * 0.35
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move(x0 + 80, y0 + 60, steps=5)
+            page.mouse.up()  # the filter accordion opens and the box fills in
+            page.wait_for_function("() => { const f = document.querySelector('#bbox textarea, #bbox input'); "
+                                   "return f && f.value.split(',').length === 4; }")
+            drawn = page.locator("#bbox textarea, #bbox input").first.input_value()
+            min_lon, min_lat, max_lon, max_lat = (float(v) for v in drawn.split(","))
+            assert min_lon < max_lon and min_lat < max_lat and -180 <= min_lon and max_lat <= 90
+            page.locator("#bbox textarea, #bbox input").first.fill("")
             assert page.locator("#result-map img").evaluate(natural) == [640, 420]  # the map is drawn
             # This archive's own models fill the two slots, and the page says which (and which classes).
             assert "(ijepa-aid)" in page.locator("#title-ijepa").inner_text()
@@ -211,7 +229,25 @@ def test_the_whole_loop_in_a_browser(loop_app, tmp_path):
             summary = page.locator("#finds-summary").inner_text()
             count = int(summary.split("ijepa: ")[1].split(" finds")[0].replace(",", ""))
             assert count >= LOOP_K and page.locator("#finds tbody tr").count() > 0
-            page.wait_for_function("() => document.querySelector('#result-map img').naturalHeight === 420")
+            # The interactive map (Leaflet, bundled) shows the finds over the archive's own chips.
+            page.wait_for_function(f"() => +document.getElementById('leaflet-map').dataset.results >= {count}")
+            assert page.evaluate("() => typeof L") == "object"
+            assert page.locator("#leaflet-map img.leaflet-image-layer").count() > count  # chips under the finds
+            # Draw a box on the map: it becomes the bounding-box filter.
+            page.locator("#leaflet-map").scroll_into_view_if_needed()
+            map_box = page.locator("#leaflet-map").bounding_box()
+            page.locator("#map-draw-box").click()
+            x0, y0 = map_box["x"] + map_box["width"] * 0.35, map_box["y"] + map_box["height"] * 0.35
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move(x0 + 80, y0 + 60, steps=5)
+            page.mouse.up()  # the filter accordion opens and the box fills in
+            page.wait_for_function("() => { const f = document.querySelector('#bbox textarea, #bbox input'); "
+                                   "return f && f.value.split(',').length === 4; }")
+            drawn = page.locator("#bbox textarea, #bbox input").first.input_value()
+            min_lon, min_lat, max_lon, max_lat = (float(v) for v in drawn.split(","))
+            assert min_lon < max_lon and min_lat < max_lat and -180 <= min_lon and max_lat <= 90
+            page.locator("#bbox textarea, #bbox input").first.fill("")
 
             # Export: touching finds merged into polygons, each with its tiles.
             page.locator("#export-finds").click()
@@ -234,6 +270,17 @@ def test_the_whole_loop_in_a_browser(loop_app, tmp_path):
                                    "document.querySelector('#marks').innerText.includes('Examples (1)')")
             page.locator("#gallery-ijepa img").nth(LOOP_K - 1).wait_for()
             assert "naip-2020_" in page.locator("#marks").inner_text()
+
+            # A click on the map: the tile there becomes the query (its place filled in, the galleries redrawn).
+            page.locator("#leaflet-map").scroll_into_view_if_needed()
+            map_box = page.locator("#leaflet-map").bounding_box()
+            page.mouse.click(map_box["x"] + map_box["width"] * 0.62, map_box["y"] + map_box["height"] * 0.55)
+            place = page.locator("#place textarea, #place input").first
+            page.wait_for_function("() => !(document.querySelector('#place textarea') || "
+                                   "document.querySelector('#place input')).value.startsWith('47.03, -99.15')")
+            lat, lon = (float(v) for v in place.input_value().split(","))
+            page.get_by_text(f"The archive tile at ({lat:.4f}, {lon:.4f})").first.wait_for()
+            page.locator("#gallery-ijepa img").nth(LOOP_K - 1).wait_for()
             page.screenshot(path=str(tmp_path / "loop.png"), full_page=True)
         finally:
             browser.close()

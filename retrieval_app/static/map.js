@@ -8,16 +8,21 @@
 // "Draw a box" on, a drag sets the bounding-box filter (#bbox) instead.
 (function () {
   "use strict";
-  let map = null, layers = null, drawing = false, box = null, start = null, basemapUrl = null;
+  let map = null, layers = null, drawing = false, drew = false, box = null, start = null, basemapUrl = null;
 
   function input(id) {  // the textarea or input inside a gradio Textbox with elem_id = id
     const root = document.getElementById(id);
     return root && (root.querySelector("textarea") || root.querySelector("input"));
   }
 
-  function setValue(id, value) {
+  function setValue(id, value, tries) {  // a field in a closed accordion is not drawn yet: open it, then retry
     const field = input(id);
-    if (!field) return;
+    if (!field) {
+      const closed = document.querySelector("#filters .label-wrap:not(.open)");
+      if (closed && !tries) closed.click();
+      if ((tries || 0) < 20) setTimeout(() => setValue(id, value, (tries || 0) + 1), 50);
+      return;
+    }
     field.value = value;
     field.dispatchEvent(new Event("input", { bubbles: true }));
   }
@@ -56,7 +61,7 @@
     });
     new DrawControl({ position: "topright" }).addTo(map);
     map.on("click", function (e) {
-      if (drawing) return;
+      if (drawing || drew) { drew = false; return; }  // the click that ends a drawn box is not a search
       setValue("place", e.latlng.lat.toFixed(5) + ", " + e.latlng.lng.toFixed(5));
       const button = document.querySelector("#search-place");
       if (button) button.click();
@@ -75,6 +80,7 @@
       setValue("bbox", [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(5)).join(", "));
       start = null;
       drawing = false;
+      drew = true;
       map.dragging.enable();
       const button = document.getElementById("map-draw-box");
       button.classList.remove("active");
