@@ -5,6 +5,7 @@ map (Natural Earth land + the archive's imagery)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,24 @@ def test_bbox_filter_geojson_and_map_with_real_coordinates(located, tmp_path):
     wide = results_map(result, lambda extent: located.map_chips(extent.bounds()))
     pixels = wide.reshape(-1, 3)  # North Dakota to the Bahamas: Natural Earth land and sea
     assert (pixels == LAND).all(axis=1).mean() > 0.2 and (pixels == SEA).all(axis=1).mean() > 0.1
+
+
+def test_the_interactive_maps_data_is_the_results_over_the_archives_chips(located, tmp_path):
+    from retrieval_app.images import ImageFiles
+    from retrieval_app.web_map import FILE_ROUTE, map_data
+
+    chip = next(LOCATED_ARCHIVE.glob("naip-2020_*.tif"))
+    result = located.query(chip, k=10, filters=parse_filters(bbox=list(NORTH_DAKOTA)))
+    data = map_data(located, result, ImageFiles(tmp_path))
+    kinds = [f["properties"]["kind"] for f in data["features"]]
+    assert kinds.count("tile") == 194  # every chip of the archive, as imagery
+    results = [f for f in data["features"] if f["properties"]["kind"] != "tile"]
+    assert len(results) == 10 * len(result.models)
+    for feature in results:
+        props = feature["properties"]
+        assert feature["geometry"]["type"] == "Polygon" and props["image"].startswith(FILE_ROUTE)
+        assert Path(props["image"][len(FILE_ROUTE):]).is_file() and props["rank"] >= 1
+        assert all(inside(x, y, NORTH_DAKOTA) for x, y in feature["geometry"]["coordinates"][0])
+    scores = [f["properties"]["score"] for f in results if f["properties"]["model"] == results[0]["properties"]["model"]]
+    assert scores == sorted(scores, reverse=True)
+    assert Path(data["basemap"][len(FILE_ROUTE):]).is_file()
