@@ -216,7 +216,7 @@ def million_services(services: dict[str, object], queries: list[Path], n_vectors
     return out, f"{n_vectors:,} vectors per model, {spec}, nprobe {chosen} (before: {default})"
 
 
-def http_load(service, queries: list[Path], clients: int, per_client: int, work: Path) -> None:
+def http_load(service, queries: list[Path], clients: int, per_client: int, work: Path, clicks: int = 0) -> None:
     """The Gradio app on ``service``: ``clients`` gradio_client clients x ``per_client`` /query calls, each
     downloading every output file; prints latency, throughput and the errors."""
     from gradio_client import Client, handle_file
@@ -231,6 +231,8 @@ def http_load(service, queries: list[Path], clients: int, per_client: int, work:
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **launch_options(service))
     no_filters = ([], [], "", "", "")
+    if clicks:
+        browser_clicks(url, queries, clicks)
     for download in (False, True):  # one client: the response alone, then with its ~24 files fetched one by one
         client = Client(url, verbose=False, download_files=str(work / "client-single") if download else False)
         single = []
@@ -271,6 +273,39 @@ def http_load(service, queries: list[Path], clients: int, per_client: int, work:
           f"{len(latencies) / wall:.1f} queries/s, errors {len(errors)}" + (f": {errors[:3]}" if errors else ""))
 
 
+def browser_clicks(url: str, queries: list[Path], n: int, k: int = 10) -> None:
+    """In chromium (Playwright): upload a tile, then time the click on Search until both galleries show all their
+    ``k`` images, decoded (``img.complete``), and the status names the new query; ``n`` times, p50 / p95."""
+    from playwright import sync_api
+
+    from retrieval_app.testing import CHROMIUM, CHROMIUM_ARGS
+
+    drawn = (f"(before) => {{ const s = document.querySelector('#status'); if (!s || s.innerText === before) "
+             f"return false; const imgs = [...document.querySelectorAll('.results-gallery img')]; "
+             f"return imgs.length >= 2 * {k} && imgs.every(i => i.complete && i.naturalWidth > 0); }}")
+    times = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_label("k (neighbours per model)").first.fill(str(k))
+            for i in range(n + 2):
+                page.locator("#upload input[type=file]").set_input_files(str(queries[i % len(queries)]))
+                page.locator("#query-view img").wait_for()
+                page.wait_for_timeout(300)  # the upload's own preview settles first: not part of the search
+                before = page.locator("#status").inner_text()
+                start = time.perf_counter()
+                page.locator("#search").click()
+                page.wait_for_function(drawn, arg=before, polling="raf")
+                times.append((time.perf_counter() - start) * 1e3)
+        finally:
+            browser.close()
+    print(f"[page] chromium, click on Search -> both galleries drawn ({k} images each, decoded): "
+          f"{percentiles(times[2:])}")
+
+
 def goals(one: list[float], many: list[float]) -> None:
     measured = {"p50 1 client": np.median(one), "p95 1 client": np.percentile(one, 95),
                 "p50 8 clients": np.median(many)}
@@ -287,6 +322,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--http-queries", type=int, default=100, help="/query calls per HTTP client (0: skip)")
     parser.add_argument("--work", help="scratch folder; a rerun with the same one reuses the 1M indexes")
+    parser.add_argument("--clicks", type=int, default=20, help="searches timed in chromium, click to drawn (0: skip)")
     args = parser.parse_args()
     import faiss
 
@@ -311,7 +347,7 @@ def main() -> None:
           f"catalogue rows {stages['search']:.1f} ms; load average at end {os.getloadavg()[0]:.1f}")
     goals(one["now"][0], many["now"][0])
     if args.http_queries:
-        http_load(services["now"], queries, args.clients, args.http_queries, work)
+        http_load(services["now"], queries, args.clients, args.http_queries, work, args.clicks)
     for service in services.values():
         service.close()
 

@@ -95,6 +95,12 @@ def mark_in_page(page: Any, gallery: str, right: Sequence[int], wrong: Sequence[
             page.wait_for_function(f"() => document.querySelector('#marks').innerText.includes('{verdict} ({n})')")
 
 
+#: Debian's chromium, driven by Playwright (tests and benchmarks), with the flags a headless container needs.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
 def search_in_page(page: Any, url: str, tile: str | Path, k: int) -> None:
     """Open the app at ``url`` in a Playwright ``page``, upload ``tile``, ask for ``k`` neighbours and search."""
     page.set_default_timeout(60_000)

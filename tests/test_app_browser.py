@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-CHROMIUM = Path("/usr/bin/chromium")
+from retrieval_app.testing import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium: `apt-get install -y chromium` (.ci/run does it)", allow_module_level=True)
 pytest.importorskip("gradio", reason="the app needs gradio")
@@ -28,8 +29,6 @@ from retrieval_app.service import RetrievalService  # noqa: E402
 from retrieval_app.testing import mark_in_page, search_in_page, tiny_setup  # noqa: E402
 from retrieval_app.ui import create_demo, launch_options  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 K = 6
 LOCATED = "Located: NAIP + Landsat chips"
 
@@ -110,7 +109,10 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             page.locator("#gallery-mae img").nth(1).click()  # "why this match" for the second MAE result
             page.get_by_text("MAE, result 2750/").first.wait_for()  # the explanation switched to MAE
             natural = "img => [img.naturalWidth, img.naturalHeight]"
-            assert page.locator("#result-map img").evaluate(natural) == [640, 120]  # JPEGs: "no locations"
+            # JPEGs carry no locations: the interactive map stays empty, the picture says so.
+            page.wait_for_function("() => document.getElementById('leaflet-map').dataset.results === '0'")
+            page.get_by_text("The map as a picture (for reports)").click()
+            assert page.locator("#result-map img").evaluate(natural) == [640, 120]
 
             # The located archive: a NAIP chip's neighbours on a map of real places.
             page.locator("#archive input").click()
@@ -123,25 +125,10 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             captions = page.locator("#gallery-ijepa .caption-label", has_text=located)  # the new results
             captions.nth(K - 1).wait_for()
             assert captions.count() == K
-            # The interactive map (Leaflet, bundled) shows the finds over the archive's own chips.
-            page.wait_for_function(f"() => +document.getElementById('leaflet-map').dataset.results >= {count}")
-            assert page.evaluate("() => typeof L") == "object"
-            assert page.locator("#leaflet-map img.leaflet-image-layer").count() > count  # chips under the finds
-            # Draw a box on the map: it becomes the bounding-box filter.
-            page.locator("#leaflet-map").scroll_into_view_if_needed()
-            map_box = page.locator("#leaflet-map").bounding_box()
-            page.locator("#map-draw-box").click()
-            x0, y0 = map_box["x"] + map_box["width"] * 0.35, map_box["y"] + map_box["height"] * 0.35
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move(x0 + 80, y0 + 60, steps=5)
-            page.mouse.up()  # the filter accordion opens and the box fills in
-            page.wait_for_function("() => { const f = document.querySelector('#bbox textarea, #bbox input'); "
-                                   "return f && f.value.split(',').length === 4; }")
-            drawn = page.locator("#bbox textarea, #bbox input").first.input_value()
-            min_lon, min_lat, max_lon, max_lat = (float(v) for v in drawn.split(","))
-            assert min_lon < max_lon and min_lat < max_lat and -180 <= min_lon and max_lat <= 90
-            page.locator("#bbox textarea, #bbox input").first.fill("")
+            # The interactive map shows the results, and so does the picture (its accordion left open above).
+            page.wait_for_function(f"() => +document.getElementById('leaflet-map').dataset.results >= {K}")
+            page.wait_for_function("() => { const i = document.querySelector('#result-map img'); "
+                                   "return i && i.naturalHeight === 420; }")
             assert page.locator("#result-map img").evaluate(natural) == [640, 420]  # the map is drawn
             # This archive's own models fill the two slots, and the page says which (and which classes).
             assert "(ijepa-aid)" in page.locator("#title-ijepa").inner_text()
