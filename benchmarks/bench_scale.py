@@ -94,9 +94,11 @@ def coarse_centroids(workdir: Path, vectors: ScaleVectors, nlist: int) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------- one row, one process
-def rss_mb() -> float:
+def rss_mb(kind: str = "VmRSS") -> float:
+    """This process's resident memory in MB: ``VmRSS`` (all), ``RssAnon`` (its own allocations: the index) or
+    ``RssFile`` (pages of memory-mapped files: the store's, reclaimable page cache)."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(kind)) / 1024
 
 
 def peak_rss_mb() -> float:
@@ -175,10 +177,10 @@ def serve_row(args: argparse.Namespace) -> dict:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    before = rss_mb()
+    before, before_file = rss_mb("RssAnon"), rss_mb("RssFile")
     index = faiss.read_index(str(path))
     store = VectorStore(workdir, args.name) if args.rerank else None
-    loaded = rss_mb() - before
+    loaded = rss_mb("RssAnon") - before
     out: dict = {"index_rss_mb": loaded, "file_bytes_per_vector": path.stat().st_size / n}
     if (workdir / f"{args.name}.ivfdata").is_file():
         out["disk_bytes_per_vector"] = (workdir / f"{args.name}.ivfdata").stat().st_size / n
@@ -187,7 +189,8 @@ def serve_row(args: argparse.Namespace) -> dict:
     if args.cold:
         ms = latencies(index, store, queries[:200], int(args.nprobe or 32), 1)
         out.update(nprobe=int(args.nprobe or 32), p50_1=float(np.percentile(ms, 50)),
-                   p95_1=float(np.percentile(ms, 95)), serving_rss_mb=rss_mb() - before)
+                   p95_1=float(np.percentile(ms, 95)), serving_rss_mb=rss_mb("RssAnon") - before,
+                   serving_file_mb=rss_mb("RssFile") - before_file)
         return out
     nprobe = args.nprobe
     if not nprobe:  # the build's rule, on the calibration queries
@@ -204,7 +207,8 @@ def serve_row(args: argparse.Namespace) -> dict:
     for clients in (1, 8):
         ms = latencies(index, store, queries, nprobe, clients)
         out[f"p50_{clients}"], out[f"p95_{clients}"] = float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
-    out["serving_rss_mb"] = rss_mb() - before
+    out["serving_rss_mb"] = rss_mb("RssAnon") - before
+    out["serving_file_mb"] = rss_mb("RssFile") - before_file
     return out
 
 
@@ -219,7 +223,7 @@ def child(phase: str, **options) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def rows_for(n: int, dim: int, max_flat_gb: float) -> list[tuple[str, str, bool]]:
+def rows_for(n: int, dim: int, max_flat_gb: float, only: list[str] | None = None) -> list[tuple[str, str, bool]]:
     """(row, spec, rerank) for size n: the compressed spec, and today's IVF-Flat where its vectors fit."""
     spec, _ = choose_spec(n, dim)
     if not is_compressed(spec):  # below the compressed tier: compare at the tier's spec anyway
@@ -228,14 +232,14 @@ def rows_for(n: int, dim: int, max_flat_gb: float) -> list[tuple[str, str, bool]
     rows = [("compressed", spec, True)]
     if n * (4 * dim + 8) <= max_flat_gb * 2 ** 30:
         rows += [("ivf-flat", flat, False), ("ivf-flat on disk", flat, False)]
-    return rows
+    return [r for r in rows if not only or r[0] in only]
 
 
 def fmt(value: float | None, width: int, spec: str) -> str:
     return f"{value:{width}{spec}}" if value is not None else " " * (width - 1) + "-"
 
 
-def run_size(workdir: Path, model: str, n: int, max_flat_gb: float) -> list[str]:
+def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[str] | None = None) -> list[str]:
     real, synthetic = prepared(workdir, model)
     vectors = ScaleVectors(n, real, synthetic)
     calibration, queries = query_split(real)
@@ -247,7 +251,7 @@ def run_size(workdir: Path, model: str, n: int, max_flat_gb: float) -> list[str]
           f"({vectors.real_rows:,} real, {n - vectors.real_rows:,} synthetic): {time.perf_counter() - start:.0f} s",
           flush=True)
     lines = []
-    for row, spec, rerank in rows_for(n, vectors.dim, max_flat_gb):
+    for row, spec, rerank in rows_for(n, vectors.dim, max_flat_gb, only):
         name = f"{row.replace(' ', '-')}-{n}"
         built = child("build", workdir=workdir, model=model, size=n, spec=spec, row=row, name=name)
         variants = [("", rerank)] + ([(" no re-rank", False)] if rerank else [])
@@ -266,14 +270,15 @@ def run_size(workdir: Path, model: str, n: int, max_flat_gb: float) -> list[str]
 
 
 HEADER = (f"{'size':>11} {'row':<26} {'spec':<20} {'build s':>8} {'RAM B/vec':>9} {'disk B/vec':>10} "
-          f"{'serve RSS MB':>12} {'build peak MB':>13} {'nprobe':>6} {'recall@10':>9} "
+          f"{'anon MB':>8} {'mapped MB':>9} {'build peak MB':>13} {'nprobe':>6} {'recall@10':>9} "
           f"{'p50 1c ms':>9} {'p95 1c':>7} {'p50 8c ms':>9} {'p95 8c':>7}")
 
 
 def table_line(n: int, row: str, spec: str, built: dict, served: dict) -> str:
     ram = served["file_bytes_per_vector"]  # the .faiss file is what RAM holds (on disk: only the centroids)
     return (f"{n:>11,} {row:<26} {spec:<20} {built['build_s'] + built['store_s']:8.0f} {ram:9.1f} "
-            f"{fmt(served.get('disk_bytes_per_vector'), 10, '.1f')} {served['serving_rss_mb']:12.0f} "
+            f"{fmt(served.get('disk_bytes_per_vector'), 10, '.1f')} {served['serving_rss_mb']:8.0f} "
+            f"{served.get('serving_file_mb', 0):9.0f} "
             f"{built['build_peak_rss_mb']:13.0f} {served['nprobe']:6d} {fmt(served.get('recall'), 9, '.3f')} "
             f"{served['p50_1']:9.2f} {served['p95_1']:7.2f} {fmt(served.get('p50_8'), 9, '.2f')} "
             f"{fmt(served.get('p95_8'), 7, '.2f')}")
@@ -286,6 +291,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="where indexes are written (default: a temporary folder; needs ~2.3 KB "
                                           "per vector at 10 M for the IVF-Flat rows)")
     parser.add_argument("--max-flat-gb", type=float, default=12.0, help="IVF-Flat rows only while they fit this")
+    parser.add_argument("--rows", nargs="+", choices=("compressed", "ivf-flat", "ivf-flat on disk"),
+                        help="only these rows (default: all that fit)")
     parser.add_argument("--phase", choices=("build", "serve"), help=argparse.SUPPRESS)
     for hidden in ("size", "spec", "row", "name", "nprobe"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
@@ -304,11 +311,13 @@ def main() -> None:
           f"workdir {workdir}", flush=True)
     lines = []
     for n in args.sizes:
-        lines += run_size(workdir, args.model, int(n), args.max_flat_gb)
+        lines += run_size(workdir, args.model, int(n), args.max_flat_gb, args.rows)
     print("\n" + HEADER)
     print("\n".join(lines))
     print(f"load average at end {os.getloadavg()[0]:.1f}; RAM B/vec = the FAISS file (codes, ids, centroids; what "
-          "read_index holds), disk B/vec = the memory-mapped float16 store (compressed) or inverted lists (on disk)")
+          "read_index holds), disk B/vec = the memory-mapped float16 store (compressed) or inverted lists (on disk); "
+          "anon MB = the server's own memory after loading and querying (RssAnon), mapped MB = pages of memory-mapped "
+          "files it touched (RssFile: reclaimable page cache)")
 
 
 if __name__ == "__main__":

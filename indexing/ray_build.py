@@ -129,7 +129,8 @@ def embed_missing_ray(con: Any, archive: Path, samples: list[Sample], encoder: E
                    "bands": card.get("band_indices"), "channels": int(card["bands"])})
     gpus = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
     dataset = dataset.map_batches(
-        Embedder, batch_size=batch_size, concurrency=max(1, workers), num_cpus=EMBED_CPUS, **gpus,
+        Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+        num_cpus=EMBED_CPUS, **gpus,
         max_restarts=-1, max_task_retries=-1, fn_constructor_kwargs={"model_dir": str(encoder.model_dir), "gpu": gpus_per_worker > 0,
                                "kill_marker": os.environ.get("INDEXING_TEST_KILL_WORKER")})
     bar = tqdm(total=len(todo), desc=f"embedding {name} (ray, {workers} workers)".strip(), unit="img",

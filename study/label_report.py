@@ -2,6 +2,7 @@
 
     python study/label_report.py eurosat   # and: aid
     python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
+    python study/label_report.py aid --test --runs runs/finetune-long --suffix -aid-lr   # another set of runs
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
@@ -129,13 +130,15 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(ARCHIVES))
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "finetune")
     parser.add_argument("--test", action="store_true", help="score the fine-tuned runs on test (once) first")
+    parser.add_argument("--suffix", default="", help="another set of runs: study/finetune-<dataset><suffix>-test.json "
+                                                      "and its own figure")
     args = parser.parse_args()
-    kept = REPO / "study" / f"finetune-{args.dataset}-test.json"
+    kept = REPO / "study" / f"finetune-{args.dataset}{args.suffix}-test.json"
     if args.test:
         kept.write_text(json.dumps(score_runs(args.dataset, args.runs), indent=1))
     tuned = json.loads(kept.read_text()) if kept.is_file() else {}
     frozen = json.loads((REPO / "study" / f"label-efficiency-{args.dataset}.json").read_text())["label_efficiency"]
-    draw(args.dataset, frozen, tuned, REPO / "study" / "figures" / f"label_efficiency_{args.dataset}.png")
+    draw(args.dataset, frozen, tuned, REPO / "study" / "figures" / f"label_efficiency_{args.dataset}{args.suffix}.png")
     print(table(frozen, tuned))
 
 
