@@ -2,7 +2,7 @@
 
     python study/label_report.py eurosat   # and: aid
     python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
-    python study/label_report.py aid --test --runs runs/finetune-long --suffix -aid-lr   # another set of runs
+    python study/label_report.py aid --test --runs runs/finetune-long --suffix=-aid-lr   # another set
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
