@@ -292,6 +292,8 @@ def browser_clicks(url: str, queries: list[Path], n: int, k: int = 10) -> None:
             page.goto(url)
             page.get_by_label("k (neighbours per model)").first.fill(str(k))
             for i in range(n + 2):
+                if i:
+                    page.locator("#upload").get_by_label("Clear").click()  # the previous tile's upload
                 page.locator("#upload input[type=file]").set_input_files(str(queries[i % len(queries)]))
                 page.locator("#query-view img").wait_for()
                 page.wait_for_timeout(300)  # the upload's own preview settles first: not part of the search
