@@ -284,6 +284,40 @@ def table_line(n: int, row: str, spec: str, built: dict, served: dict) -> str:
             f"{fmt(served.get('p95_8'), 7, '.2f')}")
 
 
+CODES = ("IVF512,Flat", "IVF512,PQ48x4fs", "IVF512,PQ96x4fsr", "OPQ48_192,IVF512,PQ48x4fs", "IVF512,SQ4",
+         "IVF512,RaBitQ", "IVF512,RaBitQ2", "IVF512,RaBitQ3")
+
+
+def compare_codes(workdir: Path, model: str, n: int) -> None:
+    """How the compressed tier's codes were chosen: each candidate spec on the first ``n`` rows, its bytes per
+    vector and recall@10 from the codes alone and re-ranked (``RERANK_FACTOR`` x k on float16 copies), at
+    nprobe 16 and 64, for 1,000 real held-out queries."""
+    real, synthetic = prepared(workdir, model)
+    vectors = ScaleVectors(n, real, synthetic)
+    _, queries = query_split(real)
+    x = np.concatenate([b for _, b in vectors.blocks()])
+    ids = np.arange(len(x), dtype=np.int64)
+    _, truth = faiss.knn(queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
+    store = write_store(workdir, f"codes-{n}", n, x.shape[1], [(ids, x)])
+    print(f"\n[codes] {n:,} vectors, {len(queries)} real queries, re-rank {RERANK_FACTOR} x k on float16")
+    print(f"{'spec':<28} {'B/vector':>8} {'train+add s':>11}   recall@10 codes / re-ranked: nprobe 16, 64")
+    for spec in CODES:
+        start = time.perf_counter()
+        index = faiss.index_factory(x.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[np.random.default_rng(0).choice(n, min(n, 64 * 512), replace=False)])
+        index.add_with_ids(x, ids)
+        seconds = time.perf_counter() - start
+        cells = []
+        for nprobe in (16, 64):
+            _, codes = search(index, queries, K, nprobe)
+            _, ranked = search(index, queries, K, nprobe, store=store)
+            cells.append(f"{recall_at(codes, truth):.3f} / {recall_at(ranked, truth):.3f}")
+        print(f"{spec:<28} {faiss.serialize_index(index).nbytes / n:8.1f} {seconds:11.1f}   {',   '.join(cells)}",
+              flush=True)
+    for path in workdir.glob(f"codes-{n}.*"):
+        path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7])
@@ -293,6 +327,8 @@ def main() -> None:
     parser.add_argument("--max-flat-gb", type=float, default=12.0, help="IVF-Flat rows only while they fit this")
     parser.add_argument("--rows", nargs="+", choices=("compressed", "ivf-flat", "ivf-flat on disk"),
                         help="only these rows (default: all that fit)")
+    parser.add_argument("--compare-codes", type=float, metavar="N",
+                        help="instead: the candidate codes for the compressed tier on N vectors (e.g. 2e5)")
     parser.add_argument("--phase", choices=("build", "serve"), help=argparse.SUPPRESS)
     for hidden in ("size", "spec", "row", "name", "nprobe"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
@@ -309,6 +345,9 @@ def main() -> None:
     print(f"machine: {os.uname().machine}, {os.cpu_count()} CPUs, load average {load:.1f} at start; faiss "
           f"{faiss.__version__}; vectors from {args.model}; blocks of {BLOCK:,}; re-rank {RERANK_FACTOR} x k; "
           f"workdir {workdir}", flush=True)
+    if args.compare_codes:
+        compare_codes(workdir, args.model, int(args.compare_codes))
+        return
     lines = []
     for n in args.sizes:
         lines += run_size(workdir, args.model, int(n), args.max_flat_gb, args.rows)

@@ -9,8 +9,8 @@ in the manifest with ``nprobe``, chosen by archive size (:func:`choose_spec`):
   the id, ~70 bytes at D = 192), whose top ``30 k`` candidates are re-scored exactly on the float16 vectors
   kept on disk (:mod:`indexing.vector_store`), so recall stays high while RAM holds only the codes. Measured
   against 4-bit fast-scan PQ (``PQ48x4fs``, ``PQ96x4fsr``, ``OPQ48``), SQ4 and 1- / 3-bit RaBitQ on real +
-  synthetic embeddings (benchmarks/bench_scale.py): PQ re-ranked reached 0.43-0.83 recall@10 on these
-  whitened embeddings, RaBitQ2 re-ranked 0.96-0.98 at 2x PQ48's bytes.
+  synthetic embeddings (``benchmarks/bench_scale.py --compare-codes 2e5``): PQ re-ranked reached 0.60-0.91
+  recall@10 on these whitened embeddings, RaBitQ2 re-ranked 0.96-0.98 at 2x PQ48's bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ EXACT_SPEC = "IDMap2,Flat"
 FLAT_MAX_BYTES = 1 << 30  # IVF-Flat while its float32 vectors take at most this; compressed codes above
 COMPRESSED_CODES = "RaBitQ2"  # the codes of the compressed tier (see the module docstring)
 RERANK_FACTOR = 30  # a compressed index re-scores k x this candidates exactly on the stored vectors (10: recall
-# 0.945-0.962 at nprobe 16-64 on 1 M real + synthetic vectors; 30: 0.962-0.986, for 0.2 ms more per query)
+# 0.945-0.962 at nprobe 16-64 on 1 M real + synthetic vectors, 30: 0.962-0.986, for 0.2 ms more per query; an
+# ad-hoc check re-ranking on float32, before the store was float16)
 RECALL_TARGET = 0.95  # a compressed index's default nprobe: the smallest reaching this recall@10 at build time
 NPROBE_LADDER = (8, 16, 32, 64, 128, 256)
 
