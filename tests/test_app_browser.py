@@ -112,6 +112,8 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             # JPEGs carry no locations: the interactive map stays empty, the picture says so.
             page.wait_for_function("() => document.getElementById('leaflet-map').dataset.results === '0'")
             page.get_by_text("The map as a picture (for reports)").click()
+            page.wait_for_function("() => { const i = document.querySelector('#result-map img'); "
+                                   "return i && i.complete && i.naturalWidth > 0; }")  # drawn once it is opened
             assert page.locator("#result-map img").evaluate(natural) == [640, 120]
 
             # The located archive: a NAIP chip's neighbours on a map of real places.
