@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexing.faiss_index import choose_spec, search, train_index
+from indexing.faiss_index import choose_spec, recall_at, search, train_index
 
 EUROSAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eurosat-rgb"
 
@@ -70,10 +70,6 @@ def latencies(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int = 0) 
     return np.array(times), np.array(ids)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
 def run(base: np.ndarray, n: int, sigma: float, queries: int, k: int = 10) -> None:
     x = noisy_copies(base, n, sigma, seed=1)
     q = noisy_copies(base, queries, sigma, seed=2)
@@ -101,7 +97,7 @@ def run(base: np.ndarray, n: int, sigma: float, queries: int, k: int = 10) -> No
     for nprobe in sorted({max(1, nlist // 64), max(1, nlist // 32), default_nprobe, max(1, nlist // 8)}):
         ms, found = latencies(index, q, k, nprobe)
         mark = "  <- default" if nprobe == default_nprobe else ""
-        print(f"    nprobe {nprobe:4d}: recall@10 {recall_at_k(found, truth):.3f}, p50 {np.percentile(ms, 50):6.2f} ms, "
+        print(f"    nprobe {nprobe:4d}: recall@10 {recall_at(found, truth):.3f}, p50 {np.percentile(ms, 50):6.2f} ms, "
               f"p95 {np.percentile(ms, 95):6.2f} ms, speed-up vs exact (p50) "
               f"{np.percentile(exact_ms, 50) / np.percentile(ms, 50):5.1f}x{mark}")
 

@@ -62,9 +62,7 @@ def prepared(workdir: Path, model: str) -> tuple[RealVectors, SyntheticExtension
                  means=np.array(synthetic.means), factors=np.array(synthetic.factors), weights=synthetic.weights)
     with np.load(path) as data:
         real = RealVectors(data["base"], [], data["queries"], list(data["sources"]))
-        synthetic = SyntheticExtension.__new__(SyntheticExtension)
-        synthetic.means, synthetic.factors = list(data["means"]), list(data["factors"])
-        synthetic.weights, synthetic.dim = data["weights"], real.base.shape[1]
+        synthetic = SyntheticExtension.from_parts(data["means"], data["factors"], data["weights"])
     return real, synthetic
 
 

@@ -141,6 +141,15 @@ class SyntheticExtension:
         self.weights = np.array(weights) / np.sum(weights)
         self.dim = real.base.shape[1]
 
+    @classmethod
+    def from_parts(cls, means: list[np.ndarray], factors: list[np.ndarray], weights: np.ndarray
+                   ) -> "SyntheticExtension":
+        """The extension as saved (means [D], Cholesky factors [D, D], weights), without refitting."""
+        extension = cls.__new__(cls)
+        extension.means, extension.factors = list(means), list(factors)
+        extension.weights, extension.dim = np.asarray(weights), len(means[0])
+        return extension
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         counts = rng.multinomial(n, self.weights)
         out = np.empty((n, self.dim), dtype=np.float32)

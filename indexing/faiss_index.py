@@ -174,10 +174,11 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def sample_recall(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, nprobes: tuple[int, ...],
-                  store: VectorStore | None = None, queries: int = 300, k: int = 10, seed: int = 0
-                  ) -> dict[int, float]:
-    """recall@``k`` of ``index`` against exact search, per nprobe, for a seeded sample of its own vectors
-    as queries (each query's own vector left out of both answers, so it is held out of what is scored)."""
+                  store: VectorStore | None = None, queries: int = 300, k: int = 10, seed: int = 0,
+                  stop_at: float | None = None) -> dict[int, float]:
+    """recall@``k`` of ``index`` against exact search, per nprobe (in the order given, stopping after the first
+    reaching ``stop_at``), for a seeded sample of its own vectors as queries (each query's own vector left out of
+    both answers, so it is held out of what is scored). The exact answers are computed once for all nprobes."""
     pick = np.sort(np.random.default_rng(seed).choice(len(ids), min(queries, len(ids)), replace=False))
     probe = vectors[pick]
     truth_rows = exact_neighbours(probe, vectors, k + 1)
@@ -187,6 +188,8 @@ def sample_recall(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, npro
         _, found = search(index, probe, k + 1, nprobe, store=store)
         found = [[i for i in row if i != ids[q]][:k] for q, row in zip(pick, found.tolist())]
         recalls[nprobe] = recall_at(np.array(found), np.array(truth))
+        if stop_at is not None and recalls[nprobe] >= stop_at:
+            break
     return recalls
 
 

@@ -30,11 +30,7 @@ def measure_quality(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, st
     nlist = ivf_of(index).nlist
     if calibrate and store is not None:
         ladder = tuple(p for p in NPROBE_LADDER if p < nlist) + (nlist,)
-        recalls = {}
-        for probe in ladder:
-            recalls.update(sample_recall(index, ids, vectors, (probe,), store, SAMPLE_QUERIES))
-            if recalls[probe] >= RECALL_TARGET:
-                break
+        recalls = sample_recall(index, ids, vectors, ladder, store, SAMPLE_QUERIES, stop_at=RECALL_TARGET)
         nprobe = calibrate_nprobe(recalls)
         quality["recall_by_nprobe"] = {str(p): round(r, 4) for p, r in recalls.items()}
         quality["how"] = f"nprobe: the smallest reaching recall@10 >= {RECALL_TARGET}"

@@ -32,7 +32,7 @@ from .finder import DEFAULT_RANKER, Finder, SessionError
 from .loop import RANKERS
 from .images import ImageFiles
 from .plots import results_map
-from .web_map import BASEMAP, MAP_HTML, STATIC_DIR, head_html, map_data
+from .web_map import BASEMAP, MAP_HTML, STATIC_DIR, archive_tiles, head_html, map_data
 from .service import QueryError, QueryResult, RetrievalService
 from .upload import LARGE_MODES, UPLOAD_HARD_CAP, UploadError
 
@@ -189,8 +189,15 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
-        outputs.append(map_data(service, result, images) or {})
+        outputs.append(map_data(service, result, images, _tiles(service)) or {})
         return outputs
+
+    tiles: dict[int, list[dict[str, Any]]] = {}  # id(service) -> its archive's chips on the map, made once
+
+    def _tiles(service: RetrievalService) -> list[dict[str, Any]]:
+        if id(service) not in tiles:
+            tiles[id(service)] = archive_tiles(service, images)
+        return tiles[id(service)]
 
     def _file(thumbnail: str | np.ndarray) -> str:
         return thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
@@ -271,7 +278,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         service = _service(archive)
         located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
         return (rows, summary, finds, images.path(located) if located is not None else no_map,
-                map_data(service, result, images, kind="find") or {})
+                map_data(service, result, images, _tiles(service), kind="find") or {})
 
     def clicker(key: str) -> Callable:
         """Gallery click handler of model ``key``: choose the result for the explanation, or mark it ✓ / ✗ (the

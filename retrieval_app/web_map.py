@@ -45,9 +45,19 @@ def _geometry(row: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def map_data(service: RetrievalService, result: QueryResult, images: ImageFiles, kind: str = "result"
-             ) -> dict[str, Any] | None:
-    """The FeatureCollection of ``result`` (kind ``"result"`` or ``"find"``), or None when nothing is located."""
+def archive_tiles(service: RetrievalService, images: ImageFiles) -> list[dict[str, Any]]:
+    """The archive's chips as ``tile`` features (footprint + image URL), or none when there are too many to draw.
+    The same for every query of one archive: compute once and pass to :func:`map_data` (each chip's PNG is
+    encoded to be named by its content, ~1 ms a chip)."""
+    return [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in ring]]},
+             "properties": {"kind": "tile", "image": file_url(images.path(pixels)), "sample_id": ""}}
+            for ring, pixels in service.map_chips(WORLD)]
+
+
+def map_data(service: RetrievalService, result: QueryResult, images: ImageFiles, tiles: list[dict[str, Any]],
+             kind: str = "result") -> dict[str, Any] | None:
+    """The FeatureCollection of ``result`` (kind ``"result"`` or ``"find"``) over the archive's ``tiles``
+    (:func:`archive_tiles`), or None when nothing is located."""
     features = []
     for key, r in result.models.items():
         for hit in r.hits[:MAX_FEATURES_PER_MODEL]:
@@ -62,7 +72,4 @@ def map_data(service: RetrievalService, result: QueryResult, images: ImageFiles,
                 "image": file_url(image)}})
     if not features:
         return None
-    tiles = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in ring]]},
-              "properties": {"kind": "tile", "image": file_url(images.path(pixels)), "sample_id": ""}}
-             for ring, pixels in service.map_chips(WORLD)]
     return {"type": "FeatureCollection", "features": tiles + features, "basemap": file_url(BASEMAP)}

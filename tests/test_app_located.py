@@ -94,11 +94,12 @@ def test_bbox_filter_geojson_and_map_with_real_coordinates(located, tmp_path):
 
 def test_the_interactive_maps_data_is_the_results_over_the_archives_chips(located, tmp_path):
     from retrieval_app.images import ImageFiles
-    from retrieval_app.web_map import FILE_ROUTE, map_data
+    from retrieval_app.web_map import FILE_ROUTE, archive_tiles, map_data
 
     chip = next(LOCATED_ARCHIVE.glob("naip-2020_*.tif"))
     result = located.query(chip, k=10, filters=parse_filters(bbox=list(NORTH_DAKOTA)))
-    data = map_data(located, result, ImageFiles(tmp_path))
+    images = ImageFiles(tmp_path)
+    data = map_data(located, result, images, archive_tiles(located, images))
     kinds = [f["properties"]["kind"] for f in data["features"]]
     assert kinds.count("tile") == 194  # every chip of the archive, as imagery
     results = [f for f in data["features"] if f["properties"]["kind"] != "tile"]
