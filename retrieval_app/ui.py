@@ -95,6 +95,15 @@ def _guarded(fn: Callable) -> Callable:
     return wrapped
 
 
+def _serve_in_place(folders: list[str | Path]) -> None:
+    """Let gradio serve files under ``folders`` where they are, never copied into its cache per response.
+
+    Gradio checks every output file against its static paths in order, resolving both paths each time (a
+    ``realpath`` per folder and file: 12 % of the server's CPU under load with the archives listed last), so the
+    folders come most-used first: the archives (each result's thumbnail), then the rendered images."""
+    gr.set_static_paths(list(dict.fromkeys(Path(f).resolve() for f in folders)))
+
+
 def _caption(hit: dict[str, Any]) -> str:
     """Label first (what a user scans for), then split, rank and score; ★ = also found by the other model; the
     centre's lat, lon where known. An unlabelled archive's captions start at the rank."""
@@ -135,10 +144,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     finders = {name: Finder(service) for name, service in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
     images = ImageFiles(export_root / "images")
-    # Served in place, never copied into gradio's cache per response: the map's code and basemap, the rendered
-    # images (content-named, written once) and the archives' own files.
-    gr.set_static_paths([STATIC_DIR, BASEMAP.parent, images.folder,
-                         *sorted({p for s in services.values() for p in s.allowed_paths()})])
+    _serve_in_place([*sorted({p for s in services.values() for p in s.allowed_paths()}), images.folder,
+                     STATIC_DIR, BASEMAP.parent])
     no_map = images.path(_placeholder("No locations: this archive's images carry no coordinates.",
                                       "Choose a located archive to see a map."))  # drawn once, not per query
 
@@ -432,7 +439,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                        elem_id="load-session")
         with gr.Row():
             with gr.Column():
-                gr.Markdown("### Why this match")
+                gr.Markdown("### Why this match\nClick a result (while *A click on a result will* is *explain it*) "
+                            "or choose one below: heat maps are made on demand, not for every search.")
                 with gr.Row():
                     explain_model = gr.Radio([(display[k], k) for k in keys], value=keys[0], label="Model",
                                              elem_id="explain-model")
@@ -459,7 +467,6 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         inputs = [upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive]
         explain_inputs = [upload, example, explain_model, explain_id, large, archive]
         explain_outputs = [heat_query, heat_result, explain_text]
-        # After each query the first result of the first model is explained right away.
         per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
         page = [status, query_view, *per_model, result_map, csv_file, geojson_file, state, explain_model, explain_id,
                 map_json]
@@ -467,8 +474,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         loop_outputs = [session_state, marks_view, *thresholds, counts]
 
         def after_query(event) -> None:
-            """A query explains its first result right away and starts a search session from itself."""
-            event.success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+            """A query starts a search session from itself. Heat maps are made on demand (a click on a result,
+            or Explain), not for every search."""
             event.success(start_loop, [upload, example, ranker, large, *filter_inputs, archive], loop_outputs,
                           api_visibility="private")
 
@@ -478,8 +485,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         after_query(search_with.click(query_from, [explain_id, k, *filter_inputs, large, archive],
                                       [*page, example, upload], api_visibility="private"))
         loop_button.click(run_loop, [session_state, ranker, k, *filter_inputs, archive], [*page, *loop_outputs],
-                          api_visibility="private") \
-            .success(run_explain, explain_inputs, explain_outputs, api_visibility="private")
+                          api_visibility="private")
         for slider in thresholds:
             slider.input(on_threshold, [session_state, *filter_inputs, archive, *thresholds], [counts],
                          api_visibility="private", trigger_mode="always_last")

@@ -102,7 +102,10 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
             status = page.locator("#status").inner_text()
             assert "I-JEPA" in status and "MAE" in status and "neighbours are shared" in status
             assert "Linear probes" in status and "kNN votes" in status and "cosine similarity" in status
-            # The first result is explained right after the query, without a click.
+            # Heat maps are made on demand: none after the search, then a click on a result explains it.
+            page.wait_for_timeout(500)
+            assert page.locator("#heat-query img").count() == 0
+            page.locator("#gallery-ijepa img").nth(0).click()
             page.locator("#heat-query img").wait_for()
             page.locator("#heat-result img").wait_for()
             assert "embedding cosine" in page.content()

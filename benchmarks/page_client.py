@@ -1,0 +1,113 @@
+"""What a browser tab does over HTTP when a user searches, without the browser: the page's own protocol.
+
+Gradio's page sends a tile as ``POST /gradio_api/upload``, runs the event with ``POST /gradio_api/queue/join`` and
+reads its result from the session's server-sent-event stream (``GET /gradio_api/queue/data``) the moment it is
+sent; then it fetches the output's files (thumbnails, preview, map), six at a time over kept-alive connections as
+browsers do. ``gradio_client`` speaks the same protocol but polls its event queue every 50 ms
+(``gradio_client.utils.get_pred_from_sse_v1_v2``) and downloads files one by one, so its latency is the API
+user's, not the page's. No cache: every file is fetched on every query, as a browser with a cold cache would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BROWSER_CONNECTIONS = 6  # per host, Chromium's and Firefox's limit for HTTP/1.1
+
+
+@dataclass
+class Timing:
+    """Milliseconds of one search as the page sees it."""
+
+    upload: float  # the tile sent
+    response: float  # from the click (join) to the result's event
+    files: float  # every output file fetched, six at a time
+    n_files: int
+
+    @property
+    def total(self) -> float:
+        return self.upload + self.response + self.files
+
+
+def file_urls(value: Any, found: list[str] | None = None) -> list[str]:
+    """The URLs of every file (``gradio.FileData``) in an event's output data, in order."""
+    found = [] if found is None else found
+    if isinstance(value, dict):
+        if value.get("meta", {}).get("_type") == "gradio.FileData" and value.get("url"):
+            found.append(value["url"])
+        else:
+            for v in value.values():
+                file_urls(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            file_urls(v, found)
+    return found
+
+
+class PageClient:
+    """One browser tab on a gradio app at ``url``: one session, kept-alive connections."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
+                                 limits=httpx.Limits(max_connections=BROWSER_CONNECTIONS + 1))
+        self.session = uuid.uuid4().hex[:11]
+        config = self.http.get("/config").raise_for_status().json()
+        self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+        self.fetchers = ThreadPoolExecutor(BROWSER_CONNECTIONS)
+
+    def upload(self, path: str | Path) -> dict[str, Any]:
+        """``path`` sent as the page's file input sends it; returns the FileData the event takes."""
+        with open(path, "rb") as f:
+            response = self.http.post("/gradio_api/upload", files={"files": (Path(path).name, f)})
+        return {"path": response.raise_for_status().json()[0], "orig_name": Path(path).name,
+                "meta": {"_type": "gradio.FileData"}}
+
+    def run(self, api_name: str, data: list[Any]) -> list[Any]:
+        """Run the event as the page does; returns its output data. Raises ``RuntimeError`` on an app error."""
+        self.http.post("/gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn_index[api_name], "session_hash": self.session,
+            "event_data": None, "trigger_id": None}).raise_for_status()
+        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session}) as events:
+            for line in events.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    if not message.get("success", True):
+                        raise RuntimeError(f"{api_name}: {message.get('output', {}).get('error')}")
+                    return message["output"]["data"]
+        raise RuntimeError(f"{api_name}: the event stream closed before the result")
+
+    def fetch(self, urls: list[str]) -> int:
+        """Every URL fetched, six at a time; returns the bytes received (an empty file is an error)."""
+        def get(url: str) -> int:
+            size = len(self.http.get(url).raise_for_status().content)
+            if size == 0:
+                raise RuntimeError(f"empty file {url}")
+            return size
+
+        return sum(self.fetchers.map(get, urls))
+
+    def search(self, tile: str | Path, inputs: list[Any], api_name: str = "query") -> Timing:
+        """Upload ``tile``, run ``api_name`` with it as the first input, fetch every output file."""
+        start = time.perf_counter()
+        sent = self.upload(tile)
+        uploaded = time.perf_counter()
+        data = self.run(api_name, [sent, *inputs])
+        answered = time.perf_counter()
+        urls = file_urls(data)
+        self.fetch(urls)
+        done = time.perf_counter()
+        return Timing((uploaded - start) * 1e3, (answered - uploaded) * 1e3, (done - answered) * 1e3, len(urls))
+
+    def close(self) -> None:
+        self.fetchers.shutdown()
+        self.http.close()
