@@ -1,11 +1,15 @@
 """The analyst's loop, simulated: how much do ✓ / ✗ marks help each model and ranker find every tile of a class?
 
     python benchmarks/bench_loop.py [--starts 5] [--rounds 3] [--marks 20] [--scale 1000000] [--evaluate-cache index]
+                                    [--archives NAME ...] [--models MODEL ...]
 
 Archives indexed as a user would (``indexing.build`` into ``index/bench-loop/<model>/``, incremental): the EuroSAT
-test split (5,400 tiles, 540 per class; models ``ijepa``, ``mae``) and AID's train split (6,000 scenes, 200 per
-class; ``ijepa-aid``, ``mae-aid``), each as the catalogue's split filter over its whole archive, read from
-../shared/data (never shipped). For every class, ``--starts`` random tiles of it start a search (seeded); each round
+test split (5,400 tiles, 540 per class; models ``ijepa``, ``mae`` and the fine-tuned classifier ``mae-ft``) and
+AID's train split (6,000 scenes, 200 per class; ``ijepa-aid``, ``mae-aid``), each as the catalogue's split filter
+over its whole archive, read from ../shared/data (never shipped); and AID's val + test (4,000 scenes, ~133 per
+class) for the AID classifier ``mae-aid-ft`` beside ``mae-aid`` (its fine-tuning saw AID train). A fine-tuned
+model was trained on these very classes: its rows show what class-aware embeddings give the loop, not how it finds
+a kind of scene no label named. For every class, ``--starts`` random tiles of it start a search (seeded); each round
 the analyst marks the top ``--marks`` unmarked results by their true label (``retrieval_app.loop.simulate``).
 Printed per archive, model and ranker, after each round (0 = the single query): precision@100 of the next page of
 unmarked results (strict: what the analyst is shown next), precision of the first 100 finds (the ✓ first, then
@@ -32,23 +36,31 @@ from retrieval_app.loop import RANKERS, ranked, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-ARCHIVES = {"EuroSAT test": (SHARED / "eurosat-rgb", "test", ("ijepa", "mae")),
-            "AID train": (SHARED / "aid", "train", ("ijepa-aid", "mae-aid"))}
+#: name -> (archive, its splits searched, the models). The self-supervised encoders on the issue's archives; the
+#: shipped fine-tuned classifiers (their embeddings) only on splits their fine-tuning never saw: ``mae-ft`` was
+#: tuned on EuroSAT train, ``mae-aid-ft`` on AID train (val chose between two runs), so AID's own row for them is
+#: val + test beside ``mae-aid`` on the same scenes.
+ARCHIVES = {"EuroSAT test": (SHARED / "eurosat-rgb", ("test",), ("ijepa", "mae", "mae-ft")),
+            "AID train": (SHARED / "aid", ("train",), ("ijepa-aid", "mae-aid")),
+            "AID val + test": (SHARED / "aid", ("val", "test"), ("mae-aid", "mae-aid-ft"))}
 
 
-def cached_vectors(model: str, archive: Path, split: str, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The same vectors from ``python -m indexing evaluate``'s cache (``<cache>/<model>/features-<archive>-<split>.npz``:
-    the same ONNX embeddings that ``build`` stores, before its L2 normalisation), or None when not cached."""
-    path = cache / model / f"features-{archive.name}-{split}.npz"
-    if not path.is_file():
+def cached_vectors(model: str, archive: Path, splits: tuple[str, ...], cache: Path
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The same vectors from ``python -m indexing evaluate``'s cache (``<cache>/<model>/features-<archive>-<split>.npz``
+    per split: the same ONNX embeddings that ``build`` stores, before its L2 normalisation), or None when not
+    cached."""
+    paths = [cache / model / f"features-{archive.name}-{split}.npz" for split in splits]
+    if not all(path.is_file() for path in paths):
         return None
-    with np.load(path) as data:
-        x, y = data["x"].astype(np.float32), data["y"]
-    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+    parts = [np.load(path) for path in paths]
+    x = np.concatenate([p["x"] for p in parts]).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.concatenate([p["y"] for p in parts])
 
 
-def archive_vectors(model: str, archive: Path, split: str, index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors float32 [N, D] L2-normalised, label indices [N]) of one split of an indexed archive."""
+def archive_vectors(model: str, archive: Path, splits: tuple[str, ...], index_dir: Path
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors float32 [N, D] L2-normalised, label indices [N]) of some splits of an indexed archive."""
     folder = index_dir / model
     if not (folder / "catalog.duckdb").is_file():
         print(f"indexing {archive} with {model} (once) ...", flush=True)
@@ -56,7 +68,8 @@ def archive_vectors(model: str, archive: Path, split: str, index_dir: Path) -> t
     opened = open_index(folder)
     try:
         ids, vectors = load_vectors(opened.con, "WHERE hash IN (SELECT hash FROM images)")
-        rows = opened.con.execute("SELECT id, label FROM images WHERE split = ? ORDER BY id", [split]).fetchall()
+        rows = opened.con.execute("SELECT id, label FROM images WHERE list_contains(?, split) ORDER BY id",
+                                  [list(splits)]).fetchall()
     finally:
         opened.close()
     wanted = np.searchsorted(ids, np.array([r[0] for r in rows], dtype=np.int64))
@@ -86,7 +99,7 @@ def tune_logistic(cache: Path, starts: int = 3) -> None:
     import itertools
 
     archive = ARCHIVES["EuroSAT test"][0]
-    data = {m: cached_vectors(m, archive, "val", cache) for m in ARCHIVES["EuroSAT test"][2]}
+    data = {m: cached_vectors(m, archive, ("val",), cache) for m in ("ijepa", "mae")}
     print("| C | weak negatives | weak weight | " + " | ".join(f"{m} finds / next page" for m in data) + " |")
     print("|---" * (3 + len(data)) + "|")
     for c, weak, weight in itertools.product((1.0, 10.0, 100.0), (1000, 5000), (0.3, 1.0)):
@@ -129,6 +142,7 @@ def main() -> None:
     parser.add_argument("--marks", type=int, default=20, help="results marked per round")
     parser.add_argument("--scale", type=int, default=1_000_000, help="vectors for the round timing")
     parser.add_argument("--archives", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES))
+    parser.add_argument("--models", nargs="+", help="only these of each archive's models")
     parser.add_argument("--index-dir", type=Path, default=REPO / "index" / "bench-loop")
     parser.add_argument("--evaluate-cache", type=Path, metavar="DIR",
                         help="read the embeddings `python -m indexing evaluate` cached in DIR (e.g. index/) instead "
@@ -146,13 +160,13 @@ def main() -> None:
     print("|---" * 6 + "|")
     sample = None
     for name in args.archives:
-        archive, split, models = ARCHIVES[name]
+        archive, splits, models = ARCHIVES[name]
         if not archive.is_dir():
             print(f"| {name} | skipped: {archive} not found |")
             continue
-        for model in models:
-            cached = cached_vectors(model, archive, split, args.evaluate_cache) if args.evaluate_cache else None
-            vectors, labels = cached or archive_vectors(model, archive, split, args.index_dir / Path(archive).name)
+        for model in (m for m in models if not args.models or m in args.models):
+            cached = cached_vectors(model, archive, splits, args.evaluate_cache) if args.evaluate_cache else None
+            vectors, labels = cached or archive_vectors(model, archive, splits, args.index_dir / Path(archive).name)
             sample = vectors if sample is None else sample
             for ranker, table in loop_table(vectors, labels, args.starts, args.rounds, args.marks).items():
                 cells = [" → ".join(f"{v:.2f}" for v in row) for row in table]

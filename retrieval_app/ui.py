@@ -22,11 +22,13 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from starlette.middleware import Middleware
 
 from training.data import UnreadableImageError
 
 from . import ui_loop
 from .export import write_csv, write_geojson
+from .http_cache import FileCacheHeaders
 from .filters import FilterError, parse_filters
 from .finder import DEFAULT_RANKER, Finder, SessionError
 from .loop import RANKERS
@@ -68,12 +70,14 @@ def _by_name(services: Services) -> dict[str, RetrievalService]:
 def launch_options(services: Services) -> dict[str, Any]:
     """Keyword arguments of ``Blocks.launch`` that keep the app safe and offline: only the archives are served,
     uploads are size-limited (the app refuses one over its limit in its own words; gradio's cap is a guard far
-    above it), system fonts (no font CDN), no server-side rendering, no API-less sharing."""
+    above it), system fonts (no font CDN), no server-side rendering, no API-less sharing; the files it serves may be
+    cached by the browser (``http_cache``)."""
     allowed = sorted({path for service in _by_name(services).values() for path in service.allowed_paths()})
     return {"allowed_paths": allowed, "max_file_size": UPLOAD_HARD_CAP, "ssr_mode": False,
             "share": False, "theme": gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                        font_mono=["ui-monospace", "monospace"]),
-            "css": CSS, "head": head_html(), "footer_links": ["api"]}
+            "css": CSS, "head": head_html(), "footer_links": ["api"],
+            "app_kwargs": {"middleware": [Middleware(FileCacheHeaders)]}}  # thumbnails reused, not asked again
 
 
 def _guarded(fn: Callable) -> Callable:

@@ -195,3 +195,30 @@ def test_concurrent_clients_downloading_every_file_see_no_errors(app, tmp_path):
     with ThreadPoolExecutor(8) as pool:
         errors = [e for found in pool.map(client_session, range(8)) for e in found]
     assert errors == []
+
+
+def test_a_search_as_the_page_makes_it_and_its_files_cached(app):
+    """The page's own protocol (upload, the event stream, the output's files six at a time): every file is
+    served, with a Cache-Control max-age; the same search again asks the server for none of them."""
+    import httpx
+
+    from retrieval_app.http_cache import MAX_AGE
+    from retrieval_app.page_client import PageClient, file_urls
+
+    url, _, setup = app
+    tile = setup.archive / "2750" / "River" / "River_3.jpg"
+    inputs = [None, 4, *NO_FILTERS, "centre chip", "archive"]  # the page sends every input
+    tab = PageClient(url, cache=True)
+    try:
+        first = tab.search(tile, inputs)
+        assert first.n_files == 1 + 4 + 4 + 1  # the preview, both galleries, the picture map
+        again = tab.search(tile, inputs)
+        assert again.n_files == first.n_files and again.fetched == 0  # all reused from the cache
+        data = tab.run("query", [tab.upload(tile), *inputs])
+    finally:
+        tab.close()
+    urls = file_urls(data)
+    assert first.fetched == len(set(urls)) < len(urls)  # each distinct file once (the galleries share tiles)
+    served = httpx.get(urls[0])
+    assert served.status_code == 200 and served.headers["cache-control"] == f"public, max-age={MAX_AGE}"
+    assert "cache-control" not in httpx.get(url.rstrip("/") + "/config").headers  # only the file route

@@ -5,12 +5,16 @@ reads its result from the session's server-sent-event stream (``GET /gradio_api/
 sent; then it fetches the output's files (thumbnails, preview, map), six at a time over kept-alive connections as
 browsers do. ``gradio_client`` speaks the same protocol but polls its event queue every 50 ms
 (``gradio_client.utils.get_pred_from_sse_v1_v2``) and downloads files one by one, so its latency is the API
-user's, not the page's. No cache: every file is fetched on every query, as a browser with a cold cache would.
+user's, not the page's. Without ``cache`` every file is fetched on every search (a cold cache, the strict
+reading); with it a file is reused while its ``Cache-Control: max-age`` says it is fresh, as a browser's cache
+does (no heuristic freshness: a response without max-age is fetched again).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +25,7 @@ from typing import Any
 import httpx
 
 BROWSER_CONNECTIONS = 6  # per host, Chromium's and Firefox's limit for HTTP/1.1
+MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
 @dataclass
@@ -29,8 +34,9 @@ class Timing:
 
     upload: float  # the tile sent
     response: float  # from the click (join) to the result's event
-    files: float  # every output file fetched, six at a time
+    files: float  # every output file fetched (or reused from the cache), six at a time
     n_files: int
+    fetched: int  # of them, asked of the server
 
     @property
     def total(self) -> float:
@@ -55,13 +61,15 @@ def file_urls(value: Any, found: list[str] | None = None) -> list[str]:
 class PageClient:
     """One browser tab on a gradio app at ``url``: one session, kept-alive connections."""
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, cache: bool = False) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
                                  limits=httpx.Limits(max_connections=BROWSER_CONNECTIONS + 1))
         self.session = uuid.uuid4().hex[:11]
         config = self.http.get("/config").raise_for_status().json()
         self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
         self.fetchers = ThreadPoolExecutor(BROWSER_CONNECTIONS)
+        self.cache: dict[str, float] | None = {} if cache else None  # url -> fresh until (monotonic seconds)
+        self.lock = threading.Lock()
 
     def upload(self, path: str | Path) -> dict[str, Any]:
         """``path`` sent as the page's file input sends it; returns the FileData the event takes."""
@@ -82,19 +90,30 @@ class PageClient:
                 message = json.loads(line[5:])
                 if message.get("msg") == "process_completed":
                     if not message.get("success", True):
-                        raise RuntimeError(f"{api_name}: {message.get('output', {}).get('error')}")
+                        output = message.get("output") or {}
+                        raise RuntimeError(f"{api_name}: {output.get('error') or output or message}")
                     return message["output"]["data"]
         raise RuntimeError(f"{api_name}: the event stream closed before the result")
 
     def fetch(self, urls: list[str]) -> int:
-        """Every URL fetched, six at a time; returns the bytes received (an empty file is an error)."""
-        def get(url: str) -> int:
-            size = len(self.http.get(url).raise_for_status().content)
-            if size == 0:
-                raise RuntimeError(f"empty file {url}")
-            return size
+        """Every URL fetched, six at a time, unless the cache holds it fresh; returns how many were asked of the
+        server (an empty file is an error)."""
+        now = time.monotonic()
+        if self.cache is not None:
+            with self.lock:
+                urls = [u for u in dict.fromkeys(urls) if self.cache.get(u, 0.0) <= now]
 
-        return sum(self.fetchers.map(get, urls))
+        def get(url: str) -> None:
+            response = self.http.get(url).raise_for_status()
+            if not response.content:
+                raise RuntimeError(f"empty file {url}")
+            fresh = MAX_AGE.search(response.headers.get("cache-control", ""))
+            if self.cache is not None and fresh:
+                with self.lock:
+                    self.cache[url] = now + int(fresh.group(1))
+
+        list(self.fetchers.map(get, urls))
+        return len(urls)
 
     def search(self, tile: str | Path, inputs: list[Any], api_name: str = "query") -> Timing:
         """Upload ``tile``, run ``api_name`` with it as the first input, fetch every output file."""
@@ -104,9 +123,10 @@ class PageClient:
         data = self.run(api_name, [sent, *inputs])
         answered = time.perf_counter()
         urls = file_urls(data)
-        self.fetch(urls)
+        fetched = self.fetch(urls)
         done = time.perf_counter()
-        return Timing((uploaded - start) * 1e3, (answered - uploaded) * 1e3, (done - answered) * 1e3, len(urls))
+        return Timing((uploaded - start) * 1e3, (answered - uploaded) * 1e3, (done - answered) * 1e3, len(urls),
+                      fetched)
 
     def close(self) -> None:
         self.fetchers.shutdown()
