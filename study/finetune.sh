@@ -7,6 +7,8 @@
 #   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1), chosen lr
 #   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (AID's lr choice where
 #                                             # study/finetune-sweep-aid.json exists, else EuroSAT's)
+#   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
+#                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
@@ -45,7 +47,7 @@ queue() {  # run in the background, at most POOL (default 2) at a time
     if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat, aid or ship} in
+case ${1:?sweep, choose, eurosat, aid, equal or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -110,6 +112,11 @@ PY
             queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
                 lr="$(lr random)" "${extra[@]}"
         done ;;
+    equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
+        # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
+        steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
+        run eurosat-random-10 "$eurosat" random:ijepa 0.1 0 min_steps="$steps" lr="$(python -c \
+            "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['random'])")" ;;
     ship)
         run_dir=${2:?name a run folder}; name=${3:?name the shipped model}
         rm -rf "assets/models/$name" && cp -r "$run_dir/export" "assets/models/$name"
@@ -120,6 +127,6 @@ card["name"] = sys.argv[2]
 json.dump(card, open(sys.argv[1], "w"), indent=1)
 PY
         echo "shipped $run_dir/export as assets/models/$name" ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat, aid or ship" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid, equal or ship" >&2; exit 2 ;;
 esac
 wait
