@@ -66,7 +66,10 @@ class PageClient:
                                  limits=httpx.Limits(max_connections=BROWSER_CONNECTIONS + 1))
         self.session = uuid.uuid4().hex[:11]
         config = self.http.get("/config").raise_for_status().json()
-        self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+        kinds = {c["id"]: c.get("type") for c in config["components"]}
+        named = [d for d in config["dependencies"] if d.get("api_name")]
+        self.fn_index = {d["api_name"]: d["id"] for d in named}
+        self.is_state = {d["api_name"]: [kinds.get(i) == "state" for i in d["inputs"]] for d in named}
         self.fetchers = ThreadPoolExecutor(BROWSER_CONNECTIONS)
         self.cache: dict[str, float] | None = {} if cache else None  # url -> fresh until (monotonic seconds)
         self.lock = threading.Lock()
@@ -79,7 +82,11 @@ class PageClient:
                 "meta": {"_type": "gradio.FileData"}}
 
     def run(self, api_name: str, data: list[Any]) -> list[Any]:
-        """Run the event as the page does; returns its output data. Raises ``RuntimeError`` on an app error."""
+        """Run the event as the page does, ``data`` being the values of its inputs other than session states (the
+        page sends those as null: the server holds them); returns its output data. Raises ``RuntimeError`` on an
+        app error."""
+        values = iter(data)
+        data = [None if state else next(values, None) for state in self.is_state[api_name]]
         self.http.post("/gradio_api/queue/join", json={
             "data": data, "fn_index": self.fn_index[api_name], "session_hash": self.session,
             "event_data": None, "trigger_id": None}).raise_for_status()

@@ -172,14 +172,26 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         return str(write_csv(result, folder / "results.csv")), str(write_geojson(result, folder / "results.geojson"))
 
     @_guarded
-    def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+    def run_query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive,
+                  picture=True):
         result = _query(upload, example, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
-        return render(_service(archive), result)
+        return render(archive, result, picture=picture)
 
-    def render(service: RetrievalService, result: QueryResult, preview: bool = True) -> list[Any]:
+    def _picture(archive: str | None, result: QueryResult, wanted: bool) -> Any:
+        """The results as a picture map (a file), drawn only when ``wanted``: its accordion is open, or the caller
+        is the API (a located archive's picture costs about as much as the search itself)."""
+        if not wanted:
+            return gr.skip()
+        service = _service(archive)
+        located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
+        return images.path(located) if located is not None else no_map
+
+    def render(archive: str | None, result: QueryResult, preview: bool = True, picture: bool = True) -> list[Any]:
         """Everything the page shows of one result (a query, or a search with marks): status, the query as the
-        models see it (unless ``preview`` is off), per model probabilities, kNN vote and gallery, the map, the
-        export files cleared (they are written on demand), the result ids and the explanation's model and result."""
+        models see it (unless ``preview`` is off), per model probabilities, kNN vote and gallery, the picture map
+        (if ``picture``), the export files cleared (they are written on demand), the result ids, the explanation's
+        model and result, the interactive map's data and the result itself (for the picture map, when asked)."""
+        service = _service(archive)
         notes = [result.query.note] if result.query.note else []
         notes += [f"{r.display}: {r.note}" for r in result.models.values() if r.note]
         if not result.filters.empty:
@@ -195,12 +207,12 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             outputs += [r.probabilities or {}, r.knn or {},
                         [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
             state[slot] = [h["sample_id"] for h in r.hits]
-        located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
-        outputs.append(images.path(located) if located is not None else no_map)
+        outputs.append(_picture(archive, result, picture))
         outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
         outputs.append(map_data(service, result, images, _tiles(service)) or {})
+        outputs.append((archive, result))
         return outputs
 
     tiles: dict[int, list[dict[str, Any]]] = {}  # id(service) -> its archive's chips on the map, made once
@@ -261,7 +273,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         return [session, ui_loop.marks_markdown(session), *sliders, counts]
 
     @_guarded
-    def run_loop(session, ranker, k, label_filter, split_filter, date_from, date_to, bbox, archive):
+    def run_loop(session, ranker, k, label_filter, split_filter, date_from, date_to, bbox, archive, picture=True):
         """Search again with the session's examples and marks: the galleries show the best unmarked tiles."""
         if session is None:
             raise QueryError("Search first (upload or pick a tile), then mark results and search again.")
@@ -269,7 +281,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         session.ranker = ranker or session.ranker
         result = finder.search_result(session, int(k or 10), filters)
         sliders, counts = _sliders(finder, session, filters)
-        return [*render(_service(archive), result, preview=False), session, ui_loop.marks_markdown(session),
+        return [*render(archive, result, preview=False, picture=picture), session, ui_loop.marks_markdown(session),
                 *sliders, counts]
 
     @_guarded
@@ -278,8 +290,8 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         return ui_loop.counts_markdown(finder, session, dict(zip(finder.service.models, thresholds)), filters)
 
     @_guarded
-    def run_find_all(session, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
-        """Every tile above each model's threshold: the list, the map; exported only when asked."""
+    def run_find_all(session, picture, label_filter, split_filter, date_from, date_to, bbox, archive, *thresholds):
+        """Every tile above each model's threshold: the list, the maps; exported only when asked."""
         finder, filters = _finder(archive), parse_filters(label_filter, split_filter, date_from, date_to, bbox)
         rows, finds, summary = ui_loop.find_all(finder, session, dict(zip(finder.service.models, thresholds)), filters)
         result = finder.search_result(session, 1, filters)
@@ -287,9 +299,12 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             result.models[key].hits = [{**h, "rank": n, "also_in": [], "is_query": False}
                                        for n, h in enumerate(finds[key]["hits"][:500], 1)]
         service = _service(archive)
-        located = results_map(result, lambda extent: service.map_chips(extent.bounds()))
-        return (rows, summary, finds, images.path(located) if located is not None else no_map,
-                map_data(service, result, images, _tiles(service), kind="find") or {})
+        return (rows, summary, finds, _picture(archive, result, picture),
+                map_data(service, result, images, _tiles(service), kind="find") or {}, (archive, result))
+
+    def show_picture(drawn):
+        """The picture map's accordion opened: draw the results last shown, and draw them from now on."""
+        return (gr.skip() if drawn is None else _picture(drawn[0], drawn[1], True)), True
 
     def clicker(key: str) -> Callable:
         """Gallery click handler of model ``key``: choose the result for the explanation, or mark it ✓ / ✗ (the
@@ -313,22 +328,24 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         return run_explain(upload, example, model, result_id, large, archive)
 
     @_guarded
-    def query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+    def query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive, picture=True):
         """A new query from an archive tile (a result, or the tile at a place): the example, no upload."""
         if not sample_id:
             raise QueryError("Choose a result first (click one in a gallery), or type a place.")
-        outputs = run_query(None, sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
+        outputs = run_query(None, sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive,
+                            picture)
         return [*outputs, gr.Dropdown(value=sample_id), None]
 
     @_guarded
-    def query_from_place(place, k, label_filter, split_filter, date_from, date_to, bbox, large, archive):
+    def query_from_place(place, k, label_filter, split_filter, date_from, date_to, bbox, large, archive,
+                         picture=True):
         try:
             lat, lon = (float(v) for v in str(place).replace(";", ",").split(","))
         except ValueError:
             raise QueryError(f"{place!r} is not a place: type latitude, longitude in degrees, e.g. 47.03, -99.15.")
         sample_id, km = _finder(archive).tile_at(lat, lon)
         gr.Info(f"The archive tile at ({lat:.4f}, {lon:.4f}): {sample_id} ({km:.2f} km from its centre).")
-        return query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive)
+        return query_from(sample_id, k, label_filter, split_filter, date_from, date_to, bbox, large, archive, picture)
 
     @_guarded
     def run_add_example(session, sample_id, archive):
@@ -413,6 +430,9 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                                  num_top_classes=5, visible=bool(labels[names[0]]),
                                                  elem_id=f"knn-{key}"))
         session_state, finds_state = gr.State(None), gr.State(None)
+        # The picture map is drawn while its accordion is open. API callers get it with every result (True); the
+        # page starts with its accordion closed (False, set on load).
+        picture_wanted, drawn = gr.State(True), gr.State(None)  # drawn: (archive, result) last shown
         with gr.Accordion("Find every scene like these: mark results ✓ / ✗, search again, keep all above a score",
                           open=True, elem_id="loop"):
             with gr.Row():
@@ -460,7 +480,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                 gr.Markdown("### Map of the results (offline)")
                 gr.HTML(MAP_HTML, elem_id="map-panel")
                 map_json = gr.JSON(visible=False, elem_id="map-data")
-                with gr.Accordion("The map as a picture (for reports)", open=False):
+                with gr.Accordion("The map as a picture (for reports)", open=False) as picture_panel:
                     result_map = gr.Image(label="Locations", show_label=False, interactive=False,
                                           elem_id="result-map")
                 export_button = gr.Button("Export these results (CSV + GeoJSON)", elem_id="export")
@@ -473,7 +493,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         explain_outputs = [heat_query, heat_result, explain_text]
         per_model = [c for a, b, g in zip(class_labels[::2], class_labels[1::2], galleries) for c in (a, b, g)]
         page = [status, query_view, *per_model, result_map, csv_file, geojson_file, state, explain_model, explain_id,
-                map_json]
+                map_json, drawn]
         filter_inputs = [label_filter, split_filter, date_from, date_to, bbox]
         loop_outputs = [session_state, marks_view, *thresholds, counts]
 
@@ -483,18 +503,23 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
             event.success(start_loop, [upload, example, ranker, large, *filter_inputs, archive], loop_outputs,
                           api_visibility="private")
 
-        after_query(search.click(run_query, inputs, page, api_name="query"))
-        after_query(place_button.click(query_from_place, [place, k, *filter_inputs, large, archive],
+        after_query(search.click(run_query, [*inputs, picture_wanted], page, api_name="query"))
+        after_query(place_button.click(query_from_place, [place, k, *filter_inputs, large, archive, picture_wanted],
                                        [*page, example, upload], api_visibility="private"))
-        after_query(search_with.click(query_from, [explain_id, k, *filter_inputs, large, archive],
+        after_query(search_with.click(query_from, [explain_id, k, *filter_inputs, large, archive, picture_wanted],
                                       [*page, example, upload], api_visibility="private"))
-        loop_button.click(run_loop, [session_state, ranker, k, *filter_inputs, archive], [*page, *loop_outputs],
+        loop_button.click(run_loop, [session_state, ranker, k, *filter_inputs, archive, picture_wanted],
+                          [*page, *loop_outputs],
                           api_visibility="private")
         for slider in thresholds:
             slider.input(on_threshold, [session_state, *filter_inputs, archive, *thresholds], [counts],
                          api_visibility="private", trigger_mode="always_last")
-        find_button.click(run_find_all, [session_state, *filter_inputs, archive, *thresholds],
-                          [finds_table, finds_summary, finds_state, result_map, map_json], api_visibility="private")
+        find_button.click(run_find_all, [session_state, picture_wanted, *filter_inputs, archive, *thresholds],
+                          [finds_table, finds_summary, finds_state, result_map, map_json, drawn],
+                          api_visibility="private")
+        picture_panel.expand(show_picture, [drawn], [result_map, picture_wanted], api_visibility="private")
+        picture_panel.collapse(lambda: False, None, picture_wanted, api_visibility="private")
+        demo.load(lambda: False, None, picture_wanted, api_visibility="private")  # the page: accordion closed
         map_json.change(None, [map_json], None, js="(data) => { window.satjepaMap && window.satjepaMap.show(data); }")
         export_finds.click(_guarded(lambda finds: ui_loop.write_finds(finds, export_root)), [finds_state],
                            [finds_file], api_visibility="private")
