@@ -53,9 +53,13 @@ def cached_vectors(model: str, archive: Path, splits: tuple[str, ...], cache: Pa
     paths = [cache / model / f"features-{archive.name}-{split}.npz" for split in splits]
     if not all(path.is_file() for path in paths):
         return None
-    parts = [np.load(path) for path in paths]
-    x = np.concatenate([p["x"] for p in parts]).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), np.concatenate([p["y"] for p in parts])
+    xs, ys = [], []
+    for path in paths:
+        with np.load(path) as data:
+            xs.append(data["x"].astype(np.float32))
+            ys.append(data["y"])
+    x = np.concatenate(xs)  # [N, D] the splits one after the other
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.concatenate(ys)
 
 
 def archive_vectors(model: str, archive: Path, splits: tuple[str, ...], index_dir: Path
