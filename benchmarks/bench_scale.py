@@ -72,11 +72,16 @@ def query_split(real: RealVectors) -> tuple[np.ndarray, np.ndarray]:
     return real.queries[order[:CALIBRATION_QUERIES]], real.queries[order[CALIBRATION_QUERIES:]]
 
 
-def ground_truth(workdir: Path, vectors: ScaleVectors, queries: np.ndarray) -> np.ndarray:
-    path = workdir / f"truth-{vectors.n}.npy"
-    if not path.is_file():
-        np.save(path, vectors.exact_top(queries, K)[1])
-    return np.load(path)
+def ground_truth(workdir: Path, vectors: ScaleVectors, calibration: np.ndarray, queries: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-K ids of the calibration [400, K] and scored [Q, K] queries, from one pass over the n vectors
+    (generating a block costs more than scoring it), cached in ``workdir``."""
+    paths = workdir / f"truth-calibration-{vectors.n}.npy", workdir / f"truth-{vectors.n}.npy"
+    if not all(path.is_file() for path in paths):
+        ids = vectors.exact_top(np.concatenate([calibration, queries]), K)[1]
+        np.save(paths[0], ids[:len(calibration)])
+        np.save(paths[1], ids[len(calibration):])
+    return np.load(paths[0]), np.load(paths[1])
 
 
 def coarse_centroids(workdir: Path, vectors: ScaleVectors, nlist: int) -> tuple[np.ndarray, float]:
@@ -242,9 +247,7 @@ def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[s
     vectors = ScaleVectors(n, real, synthetic)
     calibration, queries = query_split(real)
     start = time.perf_counter()
-    if not (workdir / f"truth-calibration-{n}.npy").is_file():
-        np.save(workdir / f"truth-calibration-{n}.npy", vectors.exact_top(calibration, K)[1])
-    ground_truth(workdir, vectors, queries)
+    ground_truth(workdir, vectors, calibration, queries)
     print(f"[{n:,}] exact top-{K} of {len(queries) + len(calibration)} real queries over {n:,} vectors "
           f"({vectors.real_rows:,} real, {n - vectors.real_rows:,} synthetic): {time.perf_counter() - start:.0f} s",
           flush=True)
