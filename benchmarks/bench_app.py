@@ -229,17 +229,20 @@ def million_services(services: dict[str, object], queries: list[Path], n_vectors
 
 
 @contextlib.contextmanager
-def app_server(models: list, archive: Path, index_dir: Path | None, work: Path) -> Iterator[str]:
+def app_server(models: list, archive: Path, index_dir: Path | None, work: Path, tile_server: bool = True
+               ) -> Iterator[tuple[str, int]]:
     """``python -m retrieval_app`` serving ``archive`` with ``models`` in its own process, as a user runs it (the
-    benchmark's clients never share its interpreter); yields its URL, stops it at the end."""
+    benchmark's clients never share its interpreter; ``tile_server=False``: ``--no-tile-server``); yields its URL
+    and process id, stops it at the end."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "retrieval_app", "--archive", str(archive), "--models", *map(str, models),
-               "--port", str(port), "--no-build", *(["--index-dir", str(index_dir)] if index_dir else [])]
-    log = work / "app-server.log"
+               "--port", str(port), "--no-build", *(["--index-dir", str(index_dir)] if index_dir else []),
+               *([] if tile_server else ["--no-tile-server"])]
+    log = work / f"app-server-{port}.log"
     with open(log, "w") as out:
         server = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
@@ -255,22 +258,24 @@ def app_server(models: list, archive: Path, index_dir: Path | None, work: Path) 
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the app did not answer within 300 s: see {log}") from None
                 time.sleep(0.5)
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(30)
 
 
-def http_load(url: str, archive: str, queries: list[Path], clients: int, per_client: int, clicks: int = 0
-              ) -> dict[str, float]:
-    """The page: ``clicks`` searches in chromium; searches as a browser tab makes them (``page_client``: upload,
-    the event, every output file fetched six at a time) from one client; the API user's view (gradio_client,
-    response only) beside it; then ``clients`` tabs at once, with a cold cache and with the browser's cache.
-    Returns the figures the goals judge."""
+def http_load(servers: dict[str, tuple[str, int]], archive: str, queries: list[Path], clients: int,
+              per_client: int, clicks: int = 0) -> dict[str, float]:
+    """The page, as shipped (``servers["tile server"]``): ``clicks`` searches in chromium; searches as a browser
+    tab makes them (``page_client``: upload, the event, every output file fetched six at a time) from one client;
+    the API user's view (gradio_client, response only) beside it. Then ``clients`` tabs at once, with a cold
+    cache and with the browser's cache, on each of ``servers`` in turn (the thumbnails from the tile server, or
+    from gradio's file route as before it). Returns the figures the goals judge (the shipped setup's)."""
     from gradio_client import Client, handle_file
 
     from retrieval_app.page_client import PageClient
 
+    url = servers["tile server"][0]
     inputs = [None, 10, [], [], "", "", "", "centre chip", archive]  # /query after its upload
     figures = {"click p50": browser_clicks(url, queries, clicks)} if clicks else {}
     tab, timings = PageClient(url), []
@@ -290,14 +295,26 @@ def http_load(url: str, archive: str, queries: list[Path], clients: int, per_cli
     print(f"[api] 1 client, gradio_client, response only (it polls every 50 ms): {percentiles(api[5:])}")
 
     for cache in (False, True):
-        figures.update(load(url, queries, inputs, clients, per_client, cache))
+        for name, (server_url, pid) in servers.items():
+            measured = load(server_url, queries, inputs, clients, per_client, cache, name, pid)
+            if name == "tile server":
+                figures.update(measured)
     return {**figures, "p50 1 client": float(np.median([t.total for t in timings]))}
 
 
-def load(url: str, queries: list[Path], inputs: list, clients: int, per_client: int, cache: bool
-         ) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` and its children (the app's tile server) so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def load(url: str, queries: list[Path], inputs: list, clients: int, per_client: int, cache: bool,
+         name: str = "", server_pid: int | None = None) -> dict[str, float]:
     """``clients`` browser tabs at once, ``per_client`` searches each (half of them the same tile): prints latency,
-    throughput, files asked per search and errors; returns {"queries/s[ cached]", "errors[ cached]"}."""
+    throughput, files asked per search, errors, and the CPU the server (``server_pid`` and its children) and the
+    clients (this process) spent per search; returns {"queries/s[ cached]", "errors[ cached]"}."""
     from retrieval_app.page_client import PageClient
 
     lock, timings, errors = threading.Lock(), [], []
@@ -317,15 +334,20 @@ def load(url: str, queries: list[Path], inputs: list, clients: int, per_client: 
         finally:
             tab.close()
 
+    server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else 0.0, time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(session, range(clients)))
     rate = len(timings) / (time.perf_counter() - start)
+    per_search = 1e3 / max(1, len(timings))
+    server_cpu = (cpu_seconds(server_pid) - server_cpu) * per_search if server_pid else float("nan")
+    client_cpu = (time.process_time() - client_cpu) * per_search
     how = "files reused while fresh (Cache-Control)" if cache else "every file fetched"
     asked = np.mean([t.fetched for t in timings]) if timings else 0.0
-    print(f"[page] {clients} clients x {per_client} searches, {how}: {percentiles([t.total for t in timings])}   "
-          f"{rate:.1f} queries/s, {asked:.1f} files asked per search, errors {len(errors)}"
-          + (f": {errors[:3]}" if errors else ""))
+    print(f"[page{', ' + name if name else ''}] {clients} clients x {per_client} searches, {how}: "
+          f"{percentiles([t.total for t in timings])}   {rate:.1f} queries/s, {asked:.1f} files asked per search, "
+          f"errors {len(errors)}" + (f": {errors[:3]}" if errors else "")
+          + f"; CPU per search: server {server_cpu:.0f} ms, clients {client_cpu:.0f} ms")
     suffix = " cached" if cache else ""
     return {f"queries/s{suffix}": rate, f"errors{suffix}": len(errors)}
 
@@ -424,8 +446,10 @@ def main() -> None:
     for service in services.values():
         service.close()
     if args.http_queries:
-        with app_server(models, archive, index_dir, work) as url:
-            page = http_load(url, Path(archive).name, queries, args.clients, args.http_queries, args.clicks)
+        with app_server(models, archive, index_dir, work) as shipped, \
+                app_server(models, archive, index_dir, work, tile_server=False) as before:
+            servers = {"tile server": shipped, "gradio's file route": before}
+            page = http_load(servers, Path(archive).name, queries, args.clients, args.http_queries, args.clicks)
         page_goals(page, args.clients)
 
 

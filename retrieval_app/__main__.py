@@ -10,9 +10,11 @@ on 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -28,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing indexes")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--no-tile-server", action="store_true",
+                        help="serve the result thumbnails through gradio too (default: from a process of their own "
+                             "on another port, retrieval_app/tile_server.py; behind a proxy the page uses gradio's "
+                             "route anyway)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -57,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         log.error("%s", err)
         return 1
-    from .ui import create_demo, launch_options
+    from .tile_server import TileServer
+    from .ui import create_demo, launch_options, tile_roots
 
-    demo = create_demo(services)
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
-                                                   **launch_options(services))
+    export_dir = Path(tempfile.mkdtemp(prefix="satjepa-exports-"))
+    tiles = None if args.no_tile_server else TileServer(tile_roots(services, export_dir), host=args.host)
+    with tiles or contextlib.nullcontext():
+        demo = create_demo(services, export_dir, tiles=tiles)
+        demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port,
+                                                       **launch_options(services))
     return 0
 
 

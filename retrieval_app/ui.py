@@ -36,6 +36,7 @@ from .images import ImageFiles
 from .plots import results_map
 from .web_map import BASEMAP, MAP_HTML, STATIC_DIR, archive_tiles, head_html, map_data
 from .service import QueryError, QueryResult, RetrievalService
+from .tile_server import TileServer
 from .upload import LARGE_MODES, UPLOAD_HARD_CAP, UploadError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (UploadError, QueryError, FilterError, SessionError, UnreadableImageError, FileNotFoundError)
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".webp", ".bmp"]
 MAX_GALLERY = 50
+IMAGES_SUBDIR = "images"  # rendered images (previews, chips' thumbnails, maps) under the export folder
 #: Gallery captions wrap instead of being cut (the label, split and ★ must stay readable). The result galleries are
 #: as tall as their rows of results: gradio keeps a gallery 450 px tall at least (a blank area under two rows), so
 #: ``.results-gallery`` lowers that floor to an empty gallery's 120 px.
@@ -78,6 +80,21 @@ def launch_options(services: Services) -> dict[str, Any]:
                                                        font_mono=["ui-monospace", "monospace"]),
             "css": CSS, "head": head_html(), "footer_links": ["api"],
             "app_kwargs": {"middleware": [Middleware(FileCacheHeaders)]}}  # thumbnails reused, not asked again
+
+
+def tile_roots(services: Services, export_dir: str | Path) -> list[Path]:
+    """The folders a :class:`TileServer` for ``create_demo(services, export_dir)`` serves: the archives and the
+    app's rendered thumbnails (``<export_dir>/images``)."""
+    archives = sorted({Path(p) for service in _by_name(services).values() for p in service.allowed_paths()})
+    return [*archives, Path(export_dir) / IMAGES_SUBDIR]
+
+
+def _request_headers() -> dict[str, str] | None:
+    """The headers of the request being answered (gradio's context of the running event), None outside one."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    return dict(request.headers) if request is not None and request.headers is not None else None
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -125,10 +142,12 @@ def _placeholder(*lines: str, width: int = 640, height: int = 120) -> np.ndarray
     return np.asarray(im)
 
 
-def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.Blocks:
+def create_demo(services: Services, export_dir: str | Path | None = None, tiles: TileServer | None = None
+                ) -> gr.Blocks:
     """The app: pick an archive, upload or pick a tile; per model side by side, neighbours, classes, match heat
     maps and a map of the results. ``services``: one :class:`RetrievalService` or ``{archive name: service}``
-    (the same models in each)."""
+    (the same models in each). ``tiles``: a running tile server over ``tile_roots(services, export_dir)``: the
+    galleries' thumbnails are then fetched from it (else, and behind a proxy, from gradio's file route)."""
     services = _by_name(services)
     names = list(services)
     # Model slots, side by side: the first archive's model keys name them (elements, the explanation's choices);
@@ -147,7 +166,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
     examples = {name: s.examples() for name, s in services.items()}
     finders = {name: Finder(service) for name, service in services.items()}
     export_root = Path(export_dir or tempfile.mkdtemp(prefix="satjepa-exports-"))
-    images = ImageFiles(export_root / "images")
+    images = ImageFiles(export_root / IMAGES_SUBDIR)
     _serve_in_place([*sorted({p for s in services.values() for p in s.allowed_paths()}), images.folder,
                      STATIC_DIR, BASEMAP.parent])
     no_map = images.path(_placeholder("No locations: this archive's images carry no coordinates.",
@@ -211,19 +230,22 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
         outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
         first = state[keys[0]]
         outputs += [state, gr.Radio(value=keys[0]), gr.Dropdown(choices=first, value=first[0] if first else None)]
-        outputs.append(map_data(service, result, images, _tiles(service)) or {})
+        outputs.append(map_data(service, result, images, _map_tiles(service)) or {})
         outputs.append((archive, result))
         return outputs
 
-    tiles: dict[int, list[dict[str, Any]]] = {}  # id(service) -> its archive's chips on the map, made once
+    map_tiles: dict[int, list[dict[str, Any]]] = {}  # id(service) -> its archive's chips on the map, made once
 
-    def _tiles(service: RetrievalService) -> list[dict[str, Any]]:
-        if id(service) not in tiles:
-            tiles[id(service)] = archive_tiles(service, images)
-        return tiles[id(service)]
+    def _map_tiles(service: RetrievalService) -> list[dict[str, Any]]:
+        if id(service) not in map_tiles:
+            map_tiles[id(service)] = archive_tiles(service, images)
+        return map_tiles[id(service)]
 
     def _file(thumbnail: str | np.ndarray) -> str:
-        return thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
+        """A gallery's image: the tile server's URL of the thumbnail's file where the page can reach it, else
+        the file's path (gradio serves it)."""
+        path = thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
+        return (tiles.url(path, _request_headers()) if tiles is not None else None) or path
 
     @_guarded
     def preview_upload(upload, large, archive):
@@ -300,7 +322,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None) -> gr.
                                        for n, h in enumerate(finds[key]["hits"][:500], 1)]
         service = _service(archive)
         return (rows, summary, finds, _picture(archive, result, picture),
-                map_data(service, result, images, _tiles(service), kind="find") or {}, (archive, result))
+                map_data(service, result, images, _map_tiles(service), kind="find") or {}, (archive, result))
 
     def show_picture(drawn):
         """The picture map's accordion opened: draw the results last shown, and draw them from now on."""

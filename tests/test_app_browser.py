@@ -6,6 +6,7 @@ unlabelled archive shows no empty kNN panels and that the galleries fit their re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,8 @@ from indexing.build import build  # noqa: E402
 from indexing.paths import LOCATED_ARCHIVE  # noqa: E402
 from retrieval_app.service import RetrievalService  # noqa: E402
 from retrieval_app.testing import mark_in_page, search_in_page, tiny_setup  # noqa: E402
-from retrieval_app.ui import create_demo, launch_options  # noqa: E402
+from retrieval_app.tile_server import TileServer  # noqa: E402
+from retrieval_app.ui import create_demo, launch_options, tile_roots  # noqa: E402
 
 K = 6
 LOCATED = "Located: NAIP + Landsat chips"
@@ -47,9 +49,8 @@ def app(tmp_path_factory):
         build(model, LOCATED_ARCHIVE, located_index)
     services = {"Tiny EuroSAT-like": RetrievalService.open(setup.models, setup.index_dir),
                 LOCATED: RetrievalService.open(aid_models, located_index)}
-    demo, url = _launch(services)
-    yield url, setup
-    demo.close()
+    with _launch(services, tmp_path_factory.mktemp("exports")) as url:
+        yield url, setup
     for service in services.values():
         service.close()
 
@@ -63,16 +64,22 @@ def _located(tmp_path_factory):
     return setup, index_dir
 
 
-def _launch(services, export_dir=None):
-    """The app over ``services`` on a free localhost port: (demo, url)."""
-    demo = create_demo(services, export_dir=export_dir)
-    demo.queue(default_concurrency_limit=2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_options(services))
-    return demo, url
+@contextlib.contextmanager
+def _launch(services, export_dir):
+    """The app over ``services`` on a free localhost port, its thumbnails from a tile server as
+    ``python -m retrieval_app`` runs it; yields the page's url."""
+    with TileServer(tile_roots(services, export_dir)) as tiles:
+        demo = create_demo(services, export_dir=export_dir, tiles=tiles)
+        demo.queue(default_concurrency_limit=2)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                                **launch_options(services))
+        try:
+            yield url
+        finally:
+            demo.close()
 
 
 @pytest.mark.slow
@@ -98,6 +105,11 @@ def test_upload_a_tile_and_see_both_models(app, tmp_path):
                 assert captions.evaluate_all("els => els.every(e => e.scrollWidth <= e.clientWidth + 1)")
                 tops.append(page.locator(f"#gallery-{key}").bounding_box()["y"])
             assert abs(tops[0] - tops[1]) < 2  # the two galleries side by side, aligned
+            # The thumbnails come from the tile server (another port, not gradio's file route), and are drawn.
+            page.wait_for_function("() => [...document.querySelectorAll('#gallery-ijepa img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            sources = page.locator("#gallery-ijepa img").evaluate_all("els => els.map(e => e.currentSrc)")
+            assert all("/gradio_api/file=" not in src and not src.startswith(url) for src in sources), sources
             assert page.locator("#knn-ijepa").is_visible() and page.locator("#knn-mae").is_visible()  # labelled
             status = page.locator("#status").inner_text()
             assert "I-JEPA" in status and "MAE" in status and "neighbours are shared" in status
@@ -168,9 +180,8 @@ LOOP_K = 8
 def loop_app(tmp_path_factory):
     setup, index_dir = _located(tmp_path_factory)
     service = RetrievalService.open(setup.models, index_dir)
-    demo, url = _launch({"Located": service}, export_dir=tmp_path_factory.mktemp("loop-exports"))
-    yield url
-    demo.close()
+    with _launch({"Located": service}, tmp_path_factory.mktemp("loop-exports")) as url:
+        yield url
     service.close()
 
 
