@@ -47,7 +47,7 @@ class TileApp:
     def resolve(self, url_path: str) -> str | None:
         """The file ``url_path`` names, or None when it names none that may be served."""
         number, _, relative = unquote(url_path).lstrip("/").partition("/")
-        if not number.isdigit() or int(number) >= len(self.roots) or not relative:
+        if not number.isdigit() or int(number) >= len(self.roots) or not relative or "\x00" in relative:
             return None
         root = self.roots[int(number)]
         path = os.path.realpath(os.path.join(root, relative))
@@ -68,7 +68,7 @@ class TileApp:
         if etag in dict(scope["headers"]).get(b"if-none-match", b"").split(b", "):
             await _respond(send, 304, headers, b"")
             return
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # a tile is small: read in the loop, as one body
             body = f.read()
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
         headers.append((b"content-type", kind.encode()))

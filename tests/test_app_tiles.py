@@ -55,7 +55,7 @@ def test_serves_the_files_under_its_roots_and_nothing_else(roots):
         png = http.get(tiles.url(str(images / "a.png"), LOCAL))
         assert png.status_code == 200 and png.content == b"\x89PNG png bytes"
         base = f"http://127.0.0.1:{tiles.port}"
-        for path in ("/0/../secret.txt", "/0/%2e%2e/secret.txt", "/2/a.png", "/x/a.png", "/0/River%20one", "/0/",
+        for path in ("/0/../secret.txt", "/0/%2e%2e/secret.txt", "/2/a.png", "/x/a.png", "/0/River%20one", "/0/", "/0/a%00.png",
                      "/1/missing.png"):
             assert http.get(base + path).status_code == 404, path
         assert http.post(url).status_code == 404
