@@ -1,6 +1,7 @@
 """Index size, build time, memory, recall and latency at 1 M, 10 M and 100 M vectors on this machine.
 
-    python benchmarks/bench_scale.py --sizes 1e6 1e7          # ~25 min on 2 cores (1e8: --sizes 1e8, hours)
+    python benchmarks/bench_scale.py --sizes 1e6 1e7          # ~25 min on 2 cores
+    python benchmarks/bench_scale.py --sizes 1e8 --serve-nprobe 64 128   # ~1.5 h, 39 GB disk, 23 GB peak RSS
 
 The vectors (benchmarks/scale_vectors.py): every real embedding we can make with one model (``mae-aid``: EuroSAT
 and AID train + val, the located chips, random crops of the GeoTIFF scenes), then a synthetic extension drawn from
@@ -242,7 +243,8 @@ def fmt(value: float | None, width: int, spec: str) -> str:
     return f"{value:{width}{spec}}" if value is not None else " " * (width - 1) + "-"
 
 
-def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[str] | None = None) -> list[str]:
+def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[str] | None = None,
+             serve_nprobe: list[int] | None = None) -> list[str]:
     real, synthetic = prepared(workdir, model)
     vectors = ScaleVectors(n, real, synthetic)
     calibration, queries = query_split(real)
@@ -255,9 +257,10 @@ def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[s
     for row, spec, rerank in rows_for(n, vectors.dim, max_flat_gb, only):
         name = f"{row.replace(' ', '-')}-{n}"
         built = child("build", workdir=workdir, model=model, size=n, spec=spec, row=row, name=name)
-        variants = [("", rerank)] + ([(" no re-rank", False)] if rerank else [])
-        for suffix, use_store in variants:
-            served = child("serve", workdir=workdir, model=model, size=n, name=name, rerank=use_store)
+        variants = [("", rerank, None)] + ([(" no re-rank", False, None)] if rerank else [])
+        variants += [(f", nprobe {probe}", True, probe) for probe in (serve_nprobe or []) if rerank]
+        for suffix, use_store, nprobe in variants:
+            served = child("serve", workdir=workdir, model=model, size=n, name=name, rerank=use_store, nprobe=nprobe)
             lines.append(table_line(n, f"{row}{suffix}", spec, built, served))
             print(lines[-1], flush=True)
             if row == "ivf-flat on disk":
@@ -328,6 +331,8 @@ def main() -> None:
     parser.add_argument("--max-flat-gb", type=float, default=12.0, help="IVF-Flat rows only while they fit this")
     parser.add_argument("--rows", nargs="+", choices=("compressed", "ivf-flat", "ivf-flat on disk"),
                         help="only these rows (default: all that fit)")
+    parser.add_argument("--serve-nprobe", type=int, nargs="+", metavar="NPROBE",
+                        help="also serve the compressed index (re-ranked) at these nprobe, beside the build's choice")
     parser.add_argument("--compare-codes", type=float, metavar="N",
                         help="instead: the candidate codes for the compressed tier on N vectors (e.g. 2e5)")
     parser.add_argument("--phase", choices=("build", "serve"), help=argparse.SUPPRESS)
@@ -351,7 +356,7 @@ def main() -> None:
         return
     lines = []
     for n in args.sizes:
-        lines += run_size(workdir, args.model, int(n), args.max_flat_gb, args.rows)
+        lines += run_size(workdir, args.model, int(n), args.max_flat_gb, args.rows, args.serve_nprobe)
     print("\n" + HEADER)
     print("\n".join(lines))
     print(f"load average at end {os.getloadavg()[0]:.1f}; RAM B/vec = the FAISS file (codes, ids, centroids; what "
