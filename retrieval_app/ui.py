@@ -221,10 +221,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None, tiles:
                                 f"<small>total {result.timings_ms['total']:.0f} ms; {timing}</small>"])
         outputs: list[Any] = [status, images.path(_preview(result.query.display)) if preview else gr.skip()]
         state = {}
+        headers = _request_headers() if tiles is not None else None  # where the page reaches the tile server
         for slot, key in zip(keys, service.models):
             r = result.models[key]
             outputs += [r.probabilities or {}, r.knn or {},
-                        [(_file(service.thumbnail(key, h)), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
+                        [(_file(service.thumbnail(key, h), headers), _caption(h)) for h in r.hits[:MAX_GALLERY]]]
             state[slot] = [h["sample_id"] for h in r.hits]
         outputs.append(_picture(archive, result, picture))
         outputs += [None, None]  # the CSV and GeoJSON are written when asked ("Export these results"), not per query
@@ -241,11 +242,11 @@ def create_demo(services: Services, export_dir: str | Path | None = None, tiles:
             map_tiles[id(service)] = archive_tiles(service, images)
         return map_tiles[id(service)]
 
-    def _file(thumbnail: str | np.ndarray) -> str:
-        """A gallery's image: the tile server's URL of the thumbnail's file where the page can reach it, else
-        the file's path (gradio serves it)."""
+    def _file(thumbnail: str | np.ndarray, headers: dict[str, str] | None) -> str:
+        """A gallery's image: the tile server's URL of the thumbnail's file where the page (which sent
+        ``headers``) can reach it, else the file's path (gradio serves it)."""
         path = thumbnail if isinstance(thumbnail, str) else images.path(thumbnail)
-        return (tiles.url(path, _request_headers()) if tiles is not None else None) or path
+        return (tiles.url(path, headers) if tiles is not None else None) or path
 
     @_guarded
     def preview_upload(upload, large, archive):
