@@ -263,6 +263,9 @@ def run_size(workdir: Path, model: str, n: int, max_flat_gb: float, only: list[s
             served = child("serve", workdir=workdir, model=model, size=n, name=name, rerank=use_store, nprobe=nprobe)
             lines.append(table_line(n, f"{row}{suffix}", spec, built, served))
             print(lines[-1], flush=True)
+            if "calibration" in served:  # the build's rule: how recall@10 grew along the nprobe ladder
+                print(f"{'':>11} {'':<26} calibration recall@10 by nprobe: " + ", ".join(
+                    f"{probe}: {recall:.3f}" for probe, recall in served["calibration"].items()), flush=True)
             if row == "ivf-flat on disk":
                 cold = child("serve", workdir=workdir, model=model, size=n, name=name, cold=True,
                              nprobe=served["nprobe"])
