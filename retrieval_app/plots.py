@@ -1,4 +1,4 @@
-"""An offline map of the results, drawn with PIL: no tile server, no network.
+"""An offline map of the results, drawn with PIL: no web map tiles, no network.
 
 Layers, bottom to top: sea; land from Natural Earth's 1:110m countries (public domain; ``basemap/`` holds the
 rings, made by ``study/make_basemap.py``); the archive's own chips in view, faded (its imagery is the detailed
