@@ -208,7 +208,8 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
             few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
         if save_heads and name != "random-init":
             if not trained_elsewhere(encoder.card, archive):
-                logger.info("saved the linear head to %s", save_head(head, classes, model_dir, encoder.card))
+                saved = save_head(head, classes, model_dir, encoder.card, archive)
+                logger.info("saved the linear head to %s", saved)
             else:
                 logger.info("%s was trained on %s, not on %s: its linear head is left as it is (transfer)",
                             name, encoder.card.get("training_data"), archive)
@@ -230,9 +231,13 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
 
 
 def trained_elsewhere(card: dict, archive: Path) -> bool:
-    """Whether the model card names a training archive other than ``archive`` (stored as the path was given)."""
+    """Whether the model card names training archives (one, or a mixed corpus's list; stored as the paths were
+    given) and ``archive`` is not among them."""
     trained = card.get("training_data")
-    return trained is not None and Path(trained).resolve() != Path(archive).resolve()
+    if trained is None:
+        return False
+    roots = [trained] if isinstance(trained, str) else trained
+    return all(Path(root).resolve() != Path(archive).resolve() for root in roots)
 
 
 def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int],

@@ -64,13 +64,16 @@ def predict(head: dict[str, Any], features: np.ndarray) -> np.ndarray:
     return logits.argmax(axis=1)
 
 
-def save_head(head: dict[str, Any], classes: list[str], model_dir: Path, card: dict[str, Any]) -> Path:
-    """Write ``model_dir/linear_head.npz`` (plain arrays, no pickle) and return its path."""
+def save_head(head: dict[str, Any], classes: list[str], model_dir: Path, card: dict[str, Any],
+              archive: str | Path | None = None) -> Path:
+    """Write ``model_dir/linear_head.npz`` (plain arrays, no pickle; ``archive``: where its labels came from, when
+    known) and return its path."""
     path = Path(model_dir) / HEAD_NAME
     np.savez(path, weight=head["weight"], bias=head["bias"], mean=head["mean"], scale=head["scale"],
              classes=np.array(classes, dtype=str), C=np.float64(head["C"]),
              features=np.array("mean-pooled embedding from encoder.onnx, not normalised"),
-             model_exported_at=np.array(str(card.get("exported_at"))))
+             model_exported_at=np.array(str(card.get("exported_at"))),
+             **({"archive": np.array(str(archive))} if archive is not None else {}))
     return path
 
 
@@ -79,4 +82,6 @@ def load_head(model_dir: Path) -> dict[str, Any]:
     with np.load(Path(model_dir) / HEAD_NAME, allow_pickle=False) as data:
         head = {k: data[k] for k in data.files}
     head["classes"] = [str(c) for c in head["classes"]]
+    if "archive" in head:
+        head["archive"] = str(head["archive"])
     return head

@@ -120,6 +120,10 @@ class LoadedModel:
         if not classes:
             return "no head"
         data = self.encoder.card.get("training_data")
+        if not self.encoder.classes and self.head is not None and "archive" in self.head:
+            data = self.head["archive"]  # the probe's own labels (a mixed corpus's model: one of its archives)
+        if isinstance(data, list):  # a mixed corpus, no record of which archive the head learnt on
+            return f"{len(classes)} classes"
         return f"{len(classes)} classes of {Path(data).name}" if data else f"{len(classes)} classes"
 
     @property

@@ -211,3 +211,38 @@ def test_best_checkpoint_follows_the_online_knn_and_exports(archive, tmp_path):
     assert not (tmp_path / "run" / "checkpoint-best" / "optimizer.safetensors").exists()
     card = export_run(tmp_path / "run", tmp_path / "exported", check_images=4, best=True)
     assert card["steps"] == best["step"] and card["checkpoint"] == "best online kNN on val"
+
+
+def test_a_mixed_corpus_trains_on_both_archives_and_monitors_each(archive, tmp_path):
+    """Two archives at different native sizes as one corpus (EuroSAT + AID in the study): every image of both is
+    seen each epoch, each archive gets its own kNN line, and the export names both as its training data."""
+    from training.data import open_archives
+    from training.export import export_run
+
+    other = write_archive(tmp_path / "aerial", per_class=16, classes=("Farmland", "Harbor", "Forest"), size=96)
+    corpus = open_archives([archive, other], split="train", image_size=64)
+    assert len(corpus) == 72 + 24 and corpus.classes[-3:] == ["aerial/Farmland", "aerial/Forest", "aerial/Harbor"]
+    last = corpus[len(corpus) - 1]
+    assert last["image"].shape == (3, 64, 64) and last["id"].startswith("aerial/")
+    assert corpus.classes[last["label"]].startswith("aerial/")  # labels offset: no class index is shared
+
+    config = tiny_config("mae", epochs=1, data={"image_size": 64})
+    summary = pretrain(config, [str(archive), str(other)], tmp_path / "run", show_progress=False)
+    assert summary["step"] == (72 + 24) // 8
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in records if "knn_accuracy" in r][-1]
+    name = archive.name
+    assert {f"knn_accuracy_{name}", "knn_accuracy_aerial"} <= set(knn)
+    assert knn["knn_accuracy"] == pytest.approx((knn[f"knn_accuracy_{name}"] + knn["knn_accuracy_aerial"]) / 2,
+                                                abs=1e-4)
+    card = export_run(tmp_path / "run", tmp_path / "exported", check_images=4)
+    assert card["training_data"] == [str(archive), str(other)]
+
+
+def test_a_mixed_corpus_with_different_bands_is_refused_by_name(archive, tmp_path):
+    from training.data import ArchiveUnion, open_archive
+
+    rgb = open_archive(archive, split="train")
+    red = open_archive(archive, split="train", bands=[1])
+    with pytest.raises(ValueError, match=f"{archive}: 1"):
+        ArchiveUnion([rgb, red])

@@ -14,9 +14,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("pretrain", help="pretrain an I-JEPA or MAE encoder")
     p.add_argument("--method", choices=["ijepa", "mae"], required=True)
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", required=True, nargs="+", metavar="ARCHIVE",
                    help="a folder archive, a split CSV's folder (splits.csv), an fMoW root or SatMAE CSV, "
-                        "or a folder of GeoTIFFs")
+                        "or a folder of GeoTIFFs; several: one mixed corpus, each resized to data.image_size")
     p.add_argument("--out", required=True, help="run folder: checkpoint, config.json, metrics.jsonl")
     p.add_argument("--config", help="JSON config file or preset name (training/configs); default: cpu_eurosat")
     p.add_argument("--epochs", type=int)

@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from tqdm import tqdm
 
 from training.checkpoint import BEST_DIR, find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict
-from training.data import band_statistics, open_archive
+from training.data import band_statistics, open_archives
 from training.distributed import device_name, pick_device, setup_distributed
 from training.feed import BatchFeed
 from training.learner import Learner, NonFiniteLossError
-from training.monitor import KnnMonitor, init_correlation
+from training.monitor import init_correlation, monitor_for
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,12 @@ def truncate_metrics(path: Path, step: int) -> None:
 class Trainer:
     """One pretraining run in `out_dir`. `fit()` trains to the end (or `max_steps`) and returns a summary."""
 
-    def __init__(self, config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,
-                 epochs: int | None = None, show_progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, data_root: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 resume: bool = False, epochs: int | None = None, show_progress: bool = True) -> None:
         self.out_dir = Path(out_dir)
-        self.data_root = str(data_root)
+        roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
+        # one archive: its path, as before; a mixed corpus: the list of them (the checkpoint and the card say so)
+        self.data_root: str | list[str] = str(roots[0]) if len(roots) == 1 else [str(r) for r in roots]
         checkpoint = find_checkpoint(self.out_dir) if resume else None
         if resume and checkpoint is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
@@ -65,10 +68,10 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         d = config.data
-        self.dataset = open_archive(data_root, split=d.split, image_size=d.image_size, bands=d.bands,
-                                    fmow_crop=d.fmow_crop, chip_size=d.chip_size)
+        self.dataset = open_archives(self.data_root, split=d.split, image_size=d.image_size, bands=d.bands,
+                                     fmow_crop=d.fmow_crop, chip_size=d.chip_size)
         if self.dataset.num_bands != config.model.in_chans:
-            raise ValueError(f"{data_root} has {self.dataset.num_bands} bands but model.in_chans is "
+            raise ValueError(f"{self.data_root} has {self.dataset.num_bands} bands but model.in_chans is "
                              f"{config.model.in_chans}: set model.in_chans in the config, or data.bands")
         if not d.stats_mean:
             mean, std = band_statistics(self.dataset, seed=config.seed)
@@ -98,7 +101,7 @@ class Trainer:
             log.info("resumed from %s at step %d", checkpoint, self.step)
         self.monitor = None
         if config.monitor.every > 0 and self.dist.main:
-            self.monitor = KnnMonitor.from_archive(data_root, config, self.mean, self.std, self.show_progress)
+            self.monitor = monitor_for(self.data_root, config, self.mean, self.std, self.show_progress)
         if self.monitor is not None:
             self.monitor.precision = self.learner.precision
 
@@ -230,10 +233,11 @@ class Trainer:
         return record["knn_accuracy"]
 
 
-def pretrain(config: TrainConfig, data_root: str, out_dir: str | Path, resume: bool = False,
-             epochs: int | None = None, max_steps: int | None = None, show_progress: bool = True
-             ) -> dict[str, Any]:
-    """Train `config.method` on `data_root`, checkpointing into `out_dir`; returns a summary dict.
+def pretrain(config: TrainConfig, data_root: str | Path | Sequence[str | Path], out_dir: str | Path,
+             resume: bool = False, epochs: int | None = None, max_steps: int | None = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Train `config.method` on `data_root` (one archive, or several read as one corpus), checkpointing into
+    `out_dir`; returns a summary dict.
 
     With `resume`, the run continues from the checkpoint in `out_dir` with the saved config; `epochs` and
     `max_steps` (when given) change its length."""

@@ -21,7 +21,7 @@ from torch import nn
 from training.augment import eval_transform
 from training.checkpoint import BEST_DIR, CHECKPOINT_DIR, find_checkpoint, load_checkpoint, read_state
 from training.config import TrainConfig, config_from_dict
-from training.data import SkipUnreadable, collate_skipping, open_archive
+from training.data import SkipUnreadable, collate_skipping, open_archives
 from training.encoder import CARD_NAME, ONNX_NAME, ExportedEncoder
 from training.models import build_model
 
@@ -129,16 +129,18 @@ def load_run_encoder(run_dir: str | Path, last_blocks: int = 1, best: bool = Fal
     return encoder, state
 
 
-def _real_images(data_root: str, config: TrainConfig, count: int, split: str | None = "test") -> torch.Tensor:
-    """Up to `count` real images [B, C, H, W] (scaled units) from an archive's `split` (else its training split)."""
+def _real_images(data_root: str | list[str], config: TrainConfig, count: int, split: str | None = "test"
+                 ) -> torch.Tensor:
+    """Up to `count` real images [B, C, H, W] (scaled units) from an archive's `split` (else its training split);
+    from a mixed corpus's archives together when `data_root` lists several."""
     d = config.data
     kwargs = dict(image_size=d.image_size, bands=d.bands, fmow_crop=d.fmow_crop, chip_size=d.chip_size)
     try:
-        dataset = open_archive(data_root, split=split, **kwargs)
+        dataset = open_archives(data_root, split=split, **kwargs)
     except ValueError:
-        dataset = open_archive(data_root, split=d.split, **kwargs)
+        dataset = open_archives(data_root, split=d.split, **kwargs)
     if len(dataset) == 0:
-        dataset = open_archive(data_root, split=None, **kwargs)
+        dataset = open_archives(data_root, split=None, **kwargs)
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: count * 2].tolist()
     batch = collate_skipping([SkipUnreadable(dataset)[i] for i in picks])
     if batch["image"] is None:

@@ -7,6 +7,8 @@ poor), so training logs this accuracy next to the loss every few epochs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -93,6 +95,45 @@ class KnnMonitor:
         accuracy = knn_accuracy(train - mean, self.train[1], held_out - mean, self.held_out[1], self.num_classes,
                                 k=self.config.monitor.k)
         return {"knn_accuracy": accuracy, **spectrum(held_out - mean)}
+
+
+class MonitorUnion:
+    """The monitor of a run on several archives: one :class:`KnnMonitor` per labelled archive. `measure` gives
+    each archive's numbers suffixed with its folder name (`knn_accuracy_aid`) and their mean under the plain keys,
+    so the best checkpoint follows the mean kNN accuracy over the archives."""
+
+    def __init__(self, monitors: dict[str, KnnMonitor]) -> None:
+        self.monitors = monitors
+
+    @property
+    def precision(self) -> str:
+        return next(iter(self.monitors.values())).precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        for monitor in self.monitors.values():
+            monitor.precision = value
+
+    def evaluate(self, encoder: torch.nn.Module) -> float:
+        return self.measure(encoder)["knn_accuracy"]
+
+    def measure(self, encoder: torch.nn.Module) -> dict[str, float]:
+        each = {name: monitor.measure(encoder) for name, monitor in self.monitors.items()}
+        keys = next(iter(each.values())).keys()
+        record = {key: sum(m[key] for m in each.values()) / len(each) for key in keys}
+        record.update({f"{key}_{name}": m[key] for name, m in each.items() for key in keys})
+        return record
+
+
+def monitor_for(data_root: str | Sequence[str], config: TrainConfig, mean: torch.Tensor, std: torch.Tensor,
+                show_progress: bool = True) -> KnnMonitor | MonitorUnion | None:
+    """The kNN monitor of a run on one archive (:meth:`KnnMonitor.from_archive`) or on several (a
+    :class:`MonitorUnion` of those with labels); None when none has labels."""
+    if isinstance(data_root, str):
+        return KnnMonitor.from_archive(data_root, config, mean, std, show_progress)
+    monitors = {Path(root).name: KnnMonitor.from_archive(root, config, mean, std, show_progress) for root in data_root}
+    monitors = {name: monitor for name, monitor in monitors.items() if monitor is not None}
+    return MonitorUnion(monitors) if monitors else None
 
 
 def variance_shares(centred: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ Start with :func:`open_archive`, which recognises the layout; every dataset retu
 ``describe(i)``.
 """
 
-from .archive import LAYOUTS, open_archive
+from .archive import LAYOUTS, ArchiveUnion, open_archive, open_archives
 from .base import SAMPLE_KEYS, UnreadableImageError
 from .fmow import box_with_context, context_multiplier
 from .geotiff import GeoTiffChips
@@ -14,6 +14,7 @@ from .robust import SkipUnreadable, band_statistics, collate_skipping
 
 __all__ = [
     "LAYOUTS",
+    "ArchiveUnion",
     "SAMPLE_KEYS",
     "GeoTiffChips",
     "ImageDataset",
@@ -24,4 +25,5 @@ __all__ = [
     "collate_skipping",
     "context_multiplier",
     "open_archive",
+    "open_archives",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .base import RASTER_SUFFIXES
 from .fmow import FMOW_SPLITS, open_fmow, open_satmae_csv
@@ -75,6 +77,58 @@ def open_archive(
     elif (class_dir := find_class_dir(path)) is not None:
         return _opened("class folders", open_class_folders(path, class_dir, **options))
     raise ValueError(f"{path} matches no known archive layout.\n{LAYOUTS}")
+
+
+class ArchiveUnion(ConcatDataset):
+    """Several archives read as one corpus (a pretraining run on EuroSAT + AID, say), each at the caller's
+    ``image_size``. ``classes`` are namespaced by archive (``"aid/Airport"``) and labels offset to match, so two
+    archives' classes never share an index; ``root`` is the list of roots, ``describe(i)`` that of the sample's
+    archive (its ``id`` prefixed with the archive's folder name)."""
+
+    def __init__(self, archives: Sequence[Dataset]) -> None:
+        super().__init__(archives)
+        bands = {a.num_bands for a in archives}
+        if len(bands) > 1:
+            raise ValueError("the archives have different band counts ("
+                             + ", ".join(f"{a.root}: {a.num_bands}" for a in archives)
+                             + "): pass data.bands so that every archive gives the same bands")
+        self.num_bands = bands.pop()
+        self.root = [a.root for a in archives]
+        self.names = [Path(a.root).name for a in archives]
+        self.offsets = [sum(len(a.classes) for a in archives[:i]) for i in range(len(archives))]
+        self.classes = [f"{name}/{c}" for name, a in zip(self.names, archives) for c in a.classes]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(archive, index within it) of sample ``index``."""
+        if index < 0:
+            index += len(self)
+        archive = bisect.bisect_right(self.cumulative_sizes, index)
+        return archive, index - (self.cumulative_sizes[archive - 1] if archive else 0)
+
+    def _namespaced(self, archive: int, sample: dict[str, Any]) -> dict[str, Any]:
+        sample = dict(sample, id=f"{self.names[archive]}/{sample['id']}")
+        if sample.get("label", -1) >= 0:
+            sample["label"] += self.offsets[archive]
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        archive, inner = self._locate(index)
+        return self._namespaced(archive, self.datasets[archive][inner])
+
+    def describe(self, index: int) -> dict[str, Any]:
+        archive, inner = self._locate(index)
+        return self._namespaced(archive, self.datasets[archive].describe(inner))
+
+
+def open_archives(roots: str | os.PathLike | Sequence[str | os.PathLike], split: str | None = None,
+                  **options: Any) -> Dataset:
+    """One archive (:func:`open_archive`), or several as one :class:`ArchiveUnion`, every one opened with
+    ``split`` and ``options``."""
+    if isinstance(roots, (str, os.PathLike)):
+        return open_archive(roots, split, **options)
+    if len(roots) == 1:
+        return open_archive(roots[0], split, **options)
+    return ArchiveUnion([open_archive(root, split, **options) for root in roots])
 
 
 def _is_fmow(root: Path) -> bool:
