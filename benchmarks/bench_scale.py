@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_vectors import BLOCK, REPO, RealVectors, ScaleVectors, SyntheticExtension, real_vectors  # noqa: E402
 
 from indexing.faiss_index import (  # noqa: E402
-    COMPRESSED_CODES, NPROBE_LADDER, RERANK_FACTOR, RECALL_TARGET, calibrate_nprobe, choose_spec, is_compressed,
+    COMPRESSED_CODES, NPROBE_LADDER, RERANK_FACTOR, calibrate_nprobe, choose_spec, climb_ladder, is_compressed,
     nlist_of, recall_at, search)
 from indexing.vector_store import VectorStore, write_store  # noqa: E402
 
@@ -198,12 +198,10 @@ def serve_row(args: argparse.Namespace) -> dict:
         return out
     nprobe = args.nprobe
     if not nprobe:  # the build's rule, on the calibration queries
-        recalls = {}
-        for probe in NPROBE_LADDER:
-            _, found = search(index, calibration, K, probe, store=store)
-            recalls[probe] = recall_at(found, calibration_truth)
-            if recalls[probe] >= RECALL_TARGET:
-                break
+        def recall(probe: int) -> float:
+            return recall_at(search(index, calibration, K, probe, store=store)[1], calibration_truth)
+
+        recalls = climb_ladder(recall, NPROBE_LADDER)
         nprobe = calibrate_nprobe(recalls)
         out["calibration"] = recalls
     _, found = search(index, queries, K, nprobe, store=store)

@@ -13,7 +13,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .faiss_index import EXACT_SPEC, NPROBE_LADDER, RECALL_TARGET, calibrate_nprobe, ivf_of, sample_recall
+from .faiss_index import (EXACT_SPEC, NPROBE_LADDER, RECALL_TARGET, STALL_GAIN, calibrate_nprobe, ivf_of,
+                          sample_recall)
 from .vector_store import VectorStore
 
 SAMPLE_QUERIES = 300
@@ -30,10 +31,11 @@ def measure_quality(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, st
     nlist = ivf_of(index).nlist
     if calibrate and store is not None:
         ladder = tuple(p for p in NPROBE_LADDER if p < nlist) + (nlist,)
-        recalls = sample_recall(index, ids, vectors, ladder, store, SAMPLE_QUERIES, stop_at=RECALL_TARGET)
+        recalls = sample_recall(index, ids, vectors, ladder, store, SAMPLE_QUERIES, calibrate=True)
         nprobe = calibrate_nprobe(recalls)
         quality["recall_by_nprobe"] = {str(p): round(r, 4) for p, r in recalls.items()}
-        quality["how"] = f"nprobe: the smallest reaching recall@10 >= {RECALL_TARGET}"
+        quality["how"] = (f"nprobe: the smallest reaching recall@10 >= {RECALL_TARGET}, or the last before doubling "
+                          f"it gained < {STALL_GAIN}")
         recall = recalls[nprobe]
     else:
         recall = sample_recall(index, ids, vectors, (nprobe,), store, SAMPLE_QUERIES)[nprobe]

@@ -119,3 +119,27 @@ def test_search_with_a_store_widens_probing_under_a_filter():
         allowed = ids[::97]  # 21 ids spread over the lists
         _, found = search(index, x[:2], 10, 1, allowed=allowed, store=store)
         assert (found >= 0).all() and set(found.ravel()) <= set(allowed)
+
+
+def test_nprobe_is_the_smallest_reaching_the_target_or_the_last_before_the_climb_stalls():
+    from indexing.faiss_index import calibrate_nprobe, climb_ladder
+
+    ladder = (8, 16, 32, 64, 128, 256)
+    reaching = {8: 0.80, 16: 0.90, 32: 0.953, 64: 0.97, 128: 0.98, 256: 0.99}  # the 10 M build
+    plateau = {8: 0.86, 16: 0.91, 32: 0.935, 64: 0.944, 128: 0.946, 256: 0.947}  # 100 M: 0.95 out of reach
+    asked = []
+
+    def measured(curve):
+        def recall(nprobe):
+            asked.append(nprobe)
+            return curve[nprobe]
+        return recall
+
+    taken = climb_ladder(measured(reaching), ladder)
+    assert asked == [8, 16, 32] and calibrate_nprobe(taken) == 32  # stops at the target
+    asked.clear()
+    taken = climb_ladder(measured(plateau), ladder)
+    assert asked == [8, 16, 32, 64, 128]  # 64 -> 128 added 0.002: the climb stalled, 256 is never searched
+    assert calibrate_nprobe(taken) == 64  # the last step that still paid
+    assert calibrate_nprobe({8: 0.5, 16: 0.7}) == 16  # the ladder ran out: the best
+    assert calibrate_nprobe({8: 0.5, 16: 0.7}, target=0.6) == 16 and calibrate_nprobe({8: 0.6}, target=0.6) == 8
