@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # After study/pretrain.sh: the embedding variants of each final run, chosen on val, then the test report (once).
 #   bash study/evaluate.sh select [eurosat|aid]  # exports the variants, prints the val tables (test never read)
+#   BUDGET=150 bash study/evaluate.sh select mixed  # the mixed-corpus runs on both datasets' val
 #   bash study/evaluate.sh ship        # copies the chosen exports to assets/models (ijepa = the tuned I-JEPA)
 #   bash study/evaluate.sh report [aid]  # the chosen models + floors on EuroSAT and AID test, and both directions of
 #                                      # transfer (a shipped model's linear head is only written on its own training
@@ -39,6 +40,22 @@ case ${1:?select, ship or report} in
         only=${2:-}
         if [ "$budget" = 300 ]; then  # AID at twice the budget (trained on a GPU): the same three runs
             select_runs "$aid" study/select-aid-300-val.json ijepa-300-aid ijepa-vicreg-300-aid mae-300-aid
+            exit 0
+        fi
+        if [ "$budget" = 150 ] && [ "$only" = mixed ]; then
+            # the mixed corpus (study/pretrain.sh mixed: EuroSAT + AID train at 128 px), plain and whitened, on both
+            # datasets' val, beside both shipped single-dataset models: its own dataset's (the 1-point bar) and the
+            # other's (the bar to beat) on each (RESULTS.md, "One corpus for both")
+            for name in mae-150-mixed ijepa-vicreg-150-mixed; do
+                [ -d "exported/$name" ] || continue
+                [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --whiten \
+                    --out "exported/$name-whiten"
+                models+=("exported/$name" "exported/$name-whiten")
+            done
+            python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
+                --json study/select-mixed-150-val-eurosat.json --model "${models[@]}" mae mae-aid
+            python -m indexing evaluate --queries val --archive "$aid" --no-baselines \
+                --json study/select-mixed-150-val-aid.json --model "${models[@]}" mae-aid mae
             exit 0
         fi
         if [ "$budget" = 150 ]; then  # the paper's I-JEPA, the tuned one and MAE; the floors are in the shipped tables

@@ -3,6 +3,7 @@
     python study/label_report.py eurosat   # and: aid
     python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
     python study/label_report.py aid --test --runs runs/finetune-long --suffix=-aid-lr   # another set
+    python study/label_report.py eurosat --with -paper   # the main figure with another set's rows beside
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
@@ -132,13 +133,22 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="score the fine-tuned runs on test (once) first")
     parser.add_argument("--suffix", default="", help="another set of runs: study/finetune-<dataset><suffix>-test.json "
                                                       "and its own figure")
+    parser.add_argument("--with", dest="beside", nargs="*", default=[], metavar="SUFFIX",
+                        help="draw other sets beside (their kept test scores, and label-efficiency-<dataset><suffix>"
+                             ".json's frozen rows where one exists), e.g. --with -paper")
     args = parser.parse_args()
-    kept = REPO / "study" / f"finetune-{args.dataset}{args.suffix}-test.json"
+    study = REPO / "study"
+    kept = study / f"finetune-{args.dataset}{args.suffix}-test.json"
     if args.test:
         kept.write_text(json.dumps(score_runs(args.dataset, args.runs), indent=1))
     tuned = json.loads(kept.read_text()) if kept.is_file() else {}
-    frozen = json.loads((REPO / "study" / f"label-efficiency-{args.dataset}.json").read_text())["label_efficiency"]
-    draw(args.dataset, frozen, tuned, REPO / "study" / "figures" / f"label_efficiency_{args.dataset}{args.suffix}.png")
+    frozen = json.loads((study / f"label-efficiency-{args.dataset}.json").read_text())["label_efficiency"]
+    for suffix in dict.fromkeys([args.suffix, *args.beside]):
+        if suffix and (more := study / f"label-efficiency-{args.dataset}{suffix}.json").is_file():
+            frozen.update(json.loads(more.read_text())["label_efficiency"])
+        if suffix in args.beside:
+            tuned.update(json.loads((study / f"finetune-{args.dataset}{suffix}-test.json").read_text()))
+    draw(args.dataset, frozen, tuned, study / "figures" / f"label_efficiency_{args.dataset}{args.suffix}.png")
     print(table(frozen, tuned))
 
 
