@@ -239,10 +239,12 @@ def test_a_mixed_corpus_trains_on_both_archives_and_monitors_each(archive, tmp_p
     assert card["training_data"] == [str(archive), str(other)]
 
 
-def test_a_mixed_corpus_with_different_bands_is_refused_by_name(archive, tmp_path):
-    from training.data import ArchiveUnion, open_archive
+def test_a_mixed_corpus_without_one_size_or_with_different_bands_is_refused_by_name(archive, tmp_path):
+    from training.data import ArchiveUnion, open_archive, open_archives
 
     rgb = open_archive(archive, split="train")
     red = open_archive(archive, split="train", bands=[1])
     with pytest.raises(ValueError, match=f"{archive}: 1"):
         ArchiveUnion([rgb, red])
+    with pytest.raises(ValueError, match="data.image_size"):
+        open_archives([archive, archive], split="train")

@@ -128,6 +128,9 @@ def open_archives(roots: str | os.PathLike | Sequence[str | os.PathLike], split:
         return open_archive(roots, split, **options)
     if len(roots) == 1:
         return open_archive(roots[0], split, **options)
+    if options.get("image_size") is None:
+        raise ValueError(f"{', '.join(map(str, roots))}: several archives are one corpus only at one image size: "
+                         "set data.image_size (e.g. --set data.image_size=128)")
     return ArchiveUnion([open_archive(root, split, **options) for root in roots])
 
 
