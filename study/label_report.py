@@ -3,7 +3,7 @@
     python study/label_report.py eurosat   # and: aid
     python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
     python study/label_report.py aid --test --runs runs/finetune-long --suffix=-aid-lr   # another set
-    python study/label_report.py eurosat --with -paper   # the main figure with another set's rows beside
+    python study/label_report.py eurosat --with=-paper   # the main figure with another set's rows beside
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": REPO.parent / "shared" / "data" / "aid"}
+FROZEN_ROW = {"ijepa-paper": "ijepa-150"}  # a fine-tuning init -> its frozen row's name, for one colour per model
 RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)$")
 
 
@@ -95,7 +96,8 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
         rows.sort(key=lambda r: r["per_class"])
         label = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
         axes[2].plot([r["per_class"] for r in rows], [100 * r["test_accuracy"] for r in rows],
-                     "--" if init == "random" else "-", marker="s", color=colours.get(init, "black"), label=label)
+                     "--" if init == "random" else "-", marker="s",
+                     color=colours.get(FROZEN_ROW.get(init, init), "black"), label=label)
     axes[2].set_title("fine-tuned end to end")
     for ax in axes:
         ax.set_xscale("log")
@@ -133,9 +135,9 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="score the fine-tuned runs on test (once) first")
     parser.add_argument("--suffix", default="", help="another set of runs: study/finetune-<dataset><suffix>-test.json "
                                                       "and its own figure")
-    parser.add_argument("--with", dest="beside", nargs="*", default=[], metavar="SUFFIX",
-                        help="draw other sets beside (their kept test scores, and label-efficiency-<dataset><suffix>"
-                             ".json's frozen rows where one exists), e.g. --with -paper")
+    parser.add_argument("--with", dest="beside", action="append", default=[], metavar="SUFFIX",
+                        help="draw another set beside (its kept test scores, and label-efficiency-<dataset><suffix>"
+                             ".json's frozen rows where one exists), e.g. --with=-paper; repeat for more")
     args = parser.parse_args()
     study = REPO / "study"
     kept = study / f"finetune-{args.dataset}{args.suffix}-test.json"
