@@ -62,6 +62,7 @@ def test_evaluate_cli_prints_the_table_and_saves_the_head(tmp_path_factory, tmp_
         assert 0 <= row["mAP@10"] <= 1 and 0 <= row["linear"] <= 1 and 0 <= row["kNN20"] <= 1
     head = load_head(model)
     assert head["weight"].shape == (3, 48) and head["classes"] == ["Forest", "River", "SeaLake"]
+    assert Path(head["archive"]).resolve() == archive.resolve()  # where its labels came from
     features = np.load(tmp_path / "ix" / model.name / f"features-{archive.name}-test.npz")
     accuracy = (predict(head, features["x"]) == features["y"]).mean()
     assert accuracy == pytest.approx(numbers["rows"][model.name]["linear"])
@@ -77,6 +78,12 @@ def test_evaluating_transfer_leaves_the_models_head_alone(tmp_path_factory, tmp_
     assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
                  "--no-baselines"]) == 0
     assert not (model / "linear_head.npz").exists()  # the classes of this archive are not the model's
+    # a mixed corpus's model (its card lists several archives) gets its head on any one of them
+    (model / "model_card.json").write_text(json.dumps({**card, "training_data": [str(tmp_path / "other-archive"),
+                                                                                 str(archive)]}))
+    assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
+                 "--no-baselines"]) == 0
+    assert load_head(model)["classes"] == ["Forest", "River", "SeaLake"]
 
 
 @pytest.mark.skipif(not (EUROSAT / "splits.csv").is_file(), reason=f"EuroSAT not found at {EUROSAT}")
