@@ -114,9 +114,6 @@ class MonitorUnion:
         for monitor in self.monitors.values():
             monitor.precision = value
 
-    def evaluate(self, encoder: torch.nn.Module) -> float:
-        return self.measure(encoder)["knn_accuracy"]
-
     def measure(self, encoder: torch.nn.Module) -> dict[str, float]:
         each = {name: monitor.measure(encoder) for name, monitor in self.monitors.items()}
         keys = next(iter(each.values())).keys()
