@@ -35,8 +35,8 @@ EUROSAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "euro
 
 
 def subset_archive(archive: Path, n: int, out: Path) -> Path:
-    """Copy the first ``n`` images of ``archive`` (train split order) into class folders under ``out``."""
-    dataset = open_archive(archive, "train")
+    """Copy ``n`` images of ``archive``, evenly spaced over all its splits, into class folders under ``out``."""
+    dataset = open_archive(archive, None)
     for i in range(0, len(dataset), max(1, len(dataset) // n))[:n]:
         item = dataset.items[i]
         target = out / "2750" / dataset.classes[item.label] / item.path.name

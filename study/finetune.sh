@@ -10,6 +10,8 @@
 #   bash study/finetune.sh paper              # the paper's I-JEPA (its pretraining run, PAPER_RUN, default
 #                                             # runs/final/ijepa-150): its rate on EuroSAT val at 10 %, then 1 % and
 #                                             # 100 % at it (-> study/finetune-sweep-paper.json)
+#   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %
+#                                             # (-> study/finetune-sweep-aid-scratch.json)
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
@@ -18,6 +20,7 @@
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
 # there is nothing pretrained to protect). The paper's I-JEPA row needs its pretraining run (RUNS/ijepa-150*).
 # Lengths: 30 passes over a 1 % or 10 % subset (at least 300 steps; AID 200), FULL_EPOCHS (default 8) at 100 %;
+# INITS names the pretrained inits of `eurosat` / `aid` (default both shipped ones; scratch always runs);
 # the session's runs: EuroSAT FULL_EPOCHS=6, AID FULL_EPOCHS=2 (a 128 px image costs ~5x a 64 px one; 5 val
 # measurements of 1,000), to fit the session; the budget allows up to 60 core-minutes a run at 100 %.
 set -euo pipefail
@@ -43,6 +46,21 @@ epochs_for() {  # fraction -> passes over the labelled subset (short subsets get
     case $1 in 1) echo "${FULL_EPOCHS:-8}" ;; *) echo 30 ;; esac
 }
 
+best_rate() {  # prefix init_name init out.json -> the rate of the best final val accuracy among $runs/<prefix>-lr*
+    python - "$runs" "$@" <<'PY'
+import json, sys
+from pathlib import Path
+runs, prefix, name, init, out = Path(sys.argv[1]), *sys.argv[2:]
+found = {}
+for metrics in sorted(runs.glob(f"{prefix}-lr*/metrics.jsonl")):
+    val = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
+    found[metrics.parent.name.rsplit("-lr", 1)[1]] = val[-1]
+best = max(found, key=found.get)
+Path(out).write_text(json.dumps({"init": init, "val_accuracy": {name: found}, "chosen_lr": {name: best}}, indent=1))
+print(best)
+PY
+}
+
 pool=()
 queue() {  # run in the background, at most POOL (default 2) at a time
     "$@" &
@@ -50,7 +68,7 @@ queue() {  # run in the background, at most POOL (default 2) at a time
     if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat, aid, paper, equal or ship} in
+case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, equal or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -99,8 +117,8 @@ PY
     eurosat|aid)
         dataset=$1; shift
         [ $# -gt 0 ] || set -- 0.01 0.1 1
-        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(ijepa mae); like=ijepa; extra=()
-        else data=$aid; inits=(ijepa-aid mae-aid); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
+        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(${INITS:-ijepa mae}); like=ijepa; extra=()
+        else data=$aid; inits=(${INITS:-ijepa-aid mae-aid}); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
         choice=study/finetune-sweep.json
         [ "$dataset" = aid ] && [ -f study/finetune-sweep-aid.json ] && choice=study/finetune-sweep-aid.json
         lr() {  # an init's chosen rate; AID's sweep names the AID inits, EuroSAT's the plain ones
@@ -120,24 +138,22 @@ PY
         paper=${PAPER_RUN:-runs/final/ijepa-150}
         for lr in 0.002 0.004 0.008; do queue run "sweep-ijepa-paper-10-lr$lr" "$eurosat" "$paper" 0.1 30 lr=$lr; done
         wait; pool=()
-        best=$(python - "$runs" "$paper" <<'PY'
-import json, sys
-from pathlib import Path
-runs, paper = Path(sys.argv[1]), sys.argv[2]
-found = {}
-for metrics in sorted(runs.glob("sweep-ijepa-paper-10-lr*/metrics.jsonl")):
-    val = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
-    found[metrics.parent.name.rsplit("-lr", 1)[1]] = val[-1]
-best = max(found, key=found.get)
-Path("study/finetune-sweep-paper.json").write_text(json.dumps(
-    {"init": paper, "val_accuracy": {"ijepa-paper": found}, "chosen_lr": {"ijepa-paper": best}}, indent=1))
-print(best)
-PY
-)
+        best=$(best_rate sweep-ijepa-paper-10 ijepa-paper "$paper" study/finetune-sweep-paper.json)
         echo "the paper's I-JEPA: lr $best per 256 images (study/finetune-sweep-paper.json)"
         ln -sfn "sweep-ijepa-paper-10-lr$best" "$runs/eurosat-ijepa-paper-10"
         queue run eurosat-ijepa-paper-1 "$eurosat" "$paper" 0.01 30 lr="$best"
         queue run eurosat-ijepa-paper-100 "$eurosat" "$paper" 1 "$(epochs_for 1)" lr="$best" ;;
+    scratch-aid)  # supervised from scratch on AID at its own rate, as the AID inits got theirs: EuroSAT's choice
+        # (2e-3) and two steps up on AID val at 10 %, then 100 % at FULL_EPOCHS (the inits' 12) at the best
+        aid_set=(evaluations=5 val_images=1000 min_steps=200)
+        for lr in 0.002 0.004 0.008; do
+            queue run "sweep-aid-random-10-lr$lr" "$aid" random:mae-aid 0.1 30 lr=$lr "${aid_set[@]}"
+        done
+        wait; pool=()
+        best=$(best_rate sweep-aid-random-10 random random:mae-aid study/finetune-sweep-aid-scratch.json)
+        echo "scratch on AID: lr $best per 256 images (study/finetune-sweep-aid-scratch.json)"
+        ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
+        queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}" ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
         # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
         steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
@@ -153,6 +169,6 @@ card["name"] = sys.argv[2]
 json.dump(card, open(sys.argv[1], "w"), indent=1)
 PY
         echo "shipped $run_dir/export as assets/models/$name" ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, equal or ship" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, equal or ship" >&2; exit 2 ;;
 esac
 wait
