@@ -12,6 +12,8 @@
 #                                             # 100 % at it (-> study/finetune-sweep-paper.json)
 #   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %
 #                                             # (-> study/finetune-sweep-aid-scratch.json)
+#   RUNS=runs/finetune-seeds bash study/finetune.sh seeds [F]   # every EuroSAT init at fraction F (0.01) for
+#                                             # three label draws: mean ± sd of the fine-tuned rows
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
@@ -68,7 +70,7 @@ queue() {  # run in the background, at most POOL (default 2) at a time
     if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, equal or ship} in
+case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -154,6 +156,16 @@ PY
         echo "scratch on AID: lr $best per 256 images (study/finetune-sweep-aid-scratch.json)"
         ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
         queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}" ;;
+    seeds)  # the EuroSAT inits at fraction F (default 0.01) for label draws SEEDS (default 0 1 2), each run's
+        # training seeded by its draw: the fine-tuned rows' spread (mean ± sd), as the frozen rows have
+        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')")
+        for seed in ${SEEDS:-0 1 2}; do
+            for init in ijepa mae random:ijepa; do
+                rate=$(python -c "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['${init%:*}'])")
+                queue run "eurosat-${init%:*}-$pct-seed$seed" "$eurosat" "$init" "$fraction" "$(epochs_for "$fraction")" \
+                    lr="$rate" label_seed="$seed" seed="$seed"
+            done
+        done ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
         # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
         steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
@@ -169,6 +181,6 @@ card["name"] = sys.argv[2]
 json.dump(card, open(sys.argv[1], "w"), indent=1)
 PY
         echo "shipped $run_dir/export as assets/models/$name" ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, equal or ship" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal or ship" >&2; exit 2 ;;
 esac
 wait

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": REPO.parent / "shared" / "data" / "aid"}
 FROZEN_ROW = {"ijepa-paper": "ijepa-150"}  # a fine-tuning init -> its frozen row's name, for one colour per model
-RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)$")
+RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(-seed(?P<seed>\d+))?$")
 
 
 def core_minutes(metrics: Path) -> float:
@@ -68,9 +68,24 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
                             "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
                             "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
                             "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
-                            "device": card.get("training_device"), "lr": card["finetune"]["lr"]}
+                            "device": card.get("training_device"), "precision": card.get("training_precision"),
+                            "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0)}
         print(f"{run.name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
     return scored
+
+
+def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
+    """init -> one point per label budget, sorted by labels per class: the test accuracy (%) of its run, or the
+    mean and sd over its runs where several label draws were fine-tuned (``finetune.sh seeds``)."""
+    runs: dict[tuple[str, float], list[float]] = {}
+    for row in tuned.values():
+        runs.setdefault((row["init"], row["per_class"]), []).append(100 * row["test_accuracy"])
+    points: dict[str, list[dict]] = {}
+    for (init, per_class), accuracies in sorted(runs.items(), key=lambda kv: kv[0][1]):
+        sd = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0  # as the frozen rows' sd
+        points.setdefault(init, []).append({"per_class": per_class, "mean": float(np.mean(accuracies)), "sd": sd,
+                                            "runs": len(accuracies)})
+    return points
 
 
 def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
@@ -89,23 +104,19 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
             ax.plot(x, y, style, marker="o", color=colours[name], label=name)
             ax.fill_between(x, y - sd, y + sd, color=colours[name], alpha=0.15)
         ax.set_title(title)
-    by_init: dict[str, list] = {}
-    for row in tuned.values():
-        by_init.setdefault(row["init"], []).append(row)
-    for init, rows in by_init.items():
-        rows.sort(key=lambda r: r["per_class"])
+    for init, points in fine_tuned(tuned).items():
         label = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
-        axes[2].plot([r["per_class"] for r in rows], [100 * r["test_accuracy"] for r in rows],
-                     "--" if init == "random" else "-", marker="s",
-                     color=colours.get(FROZEN_ROW.get(init, init), "black"), label=label)
-    axes[2].set_title("fine-tuned end to end")
+        axes[2].errorbar([p["per_class"] for p in points], [p["mean"] for p in points],
+                         yerr=[p["sd"] for p in points], fmt="--s" if init == "random" else "-s", capsize=3,
+                         color=colours.get(FROZEN_ROW.get(init, init), "black"), label=label)
+    axes[2].set_title("fine-tuned end to end (bars: sd over label draws, where several)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("labelled train images per class")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel(f"{dataset} test accuracy (%)")
-    fig.suptitle(f"{dataset}: test accuracy against labels (frozen: mean ± sd over 3 label draws; fine-tuned: one run)")
+    fig.suptitle(f"{dataset}: test accuracy against labels (frozen: mean ± sd over 3 label draws; fine-tuned: one run, or mean ± sd over label draws)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -119,10 +130,15 @@ def table(frozen: dict, tuned: dict) -> str:
     for name, rows in frozen.items():
         cells = [f"{100 * rows[b]['linear']:.1f} / {100 * rows[b]['kNN20']:.1f}" for b in budgets]
         lines.append(f"| {name} (frozen: linear / kNN) | " + " | ".join(cells) + " |")
-    inits = sorted({r["init"] for r in tuned.values()}, key=lambda i: (i == "random", i))
-    for init in inits:
-        found = {f"{r['percent']:g}%": r for r in tuned.values() if r["init"] == init}
-        cells = [f"**{100 * found[b]['test_accuracy']:.1f}**" if b in found else "—" for b in budgets]
+    per_class = {b: next(iter(frozen.values()))[b]["per_class"] for b in budgets}
+    points = fine_tuned(tuned)
+    for init in sorted(points, key=lambda i: (i == "random", i)):
+        found = {p["per_class"]: p for p in points[init]}
+        cells = []
+        for b in budgets:
+            p = found.get(per_class[b])
+            cells.append("—" if p is None else f"**{p['mean']:.1f}**" if p["runs"] == 1
+                         else f"**{p['mean']:.1f} ± {p['sd']:.1f}** ({p['runs']} draws)")
         name = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
