@@ -156,11 +156,12 @@ PY
         echo "scratch on AID: lr $best per 256 images (study/finetune-sweep-aid-scratch.json)"
         ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
         queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}" ;;
-    seeds)  # the EuroSAT inits at fraction F (default 0.01) for label draws SEEDS (default 0 1 2), each run's
-        # training seeded by its draw: the fine-tuned rows' spread (mean ± sd), as the frozen rows have
+    seeds)  # the EuroSAT inits (INITS, default ijepa mae random:ijepa) at fraction F (default 0.01) for label
+        # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
+        # sd), as the frozen rows have
         fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')")
         for seed in ${SEEDS:-0 1 2}; do
-            for init in ijepa mae random:ijepa; do
+            for init in ${INITS:-ijepa mae random:ijepa}; do
                 rate=$(python -c "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['${init%:*}'])")
                 queue run "eurosat-${init%:*}-$pct-seed$seed" "$eurosat" "$init" "$fraction" "$(epochs_for "$fraction")" \
                     lr="$rate" label_seed="$seed" seed="$seed"
