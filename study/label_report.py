@@ -116,7 +116,8 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel(f"{dataset} test accuracy (%)")
-    fig.suptitle(f"{dataset}: test accuracy against labels (frozen: mean ± sd over 3 label draws; fine-tuned: one run, or mean ± sd over label draws)")
+    fig.suptitle(f"{dataset}: test accuracy against labels (frozen: mean ± sd over 3 label draws; fine-tuned: one "
+                 "run, or mean ± sd over its draws)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
