@@ -48,6 +48,11 @@ epochs_for() {  # fraction -> passes over the labelled subset (short subsets get
     case $1 in 1) echo "${FULL_EPOCHS:-8}" ;; *) echo 30 ;; esac
 }
 
+chosen_lr() {  # init [choice.json] -> its rate chosen on val: the choice file's (default EuroSAT's sweep), else
+    # EuroSAT's for the same init without "-aid" (AID's sweep names the AID inits, EuroSAT's the plain ones)
+    python -c "import json; c = json.load(open('${2:-study/finetune-sweep.json}'))['chosen_lr']; e = json.load(open('study/finetune-sweep.json'))['chosen_lr']; print(c.get('$1') or e['${1%-aid}'])"
+}
+
 best_rate() {  # prefix init_name init out.json -> the rate of the best final val accuracy among $runs/<prefix>-lr*
     python - "$runs" "$@" <<'PY'
 import json, sys
@@ -123,17 +128,14 @@ PY
         else data=$aid; inits=(${INITS:-ijepa-aid mae-aid}); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
         choice=study/finetune-sweep.json
         [ "$dataset" = aid ] && [ -f study/finetune-sweep-aid.json ] && choice=study/finetune-sweep-aid.json
-        lr() {  # an init's chosen rate; AID's sweep names the AID inits, EuroSAT's the plain ones
-            python -c "import json; c = json.load(open('$choice'))['chosen_lr']; e = json.load(open('study/finetune-sweep.json'))['chosen_lr']; print(c.get('$1') or e['${1%-aid}'])"
-        }
         for fraction in "$@"; do
             pct=$(python -c "print(f'{100 * $fraction:g}')")
             for init in "${inits[@]}"; do
                 queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$(lr "$init")" "${extra[@]}"
+                    lr="$(chosen_lr "$init" "$choice")" "${extra[@]}"
             done
             queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
-                lr="$(lr random)" "${extra[@]}"
+                lr="$(chosen_lr random "$choice")" "${extra[@]}"
         done ;;
     paper)  # the paper's I-JEPA, fine-tuned as the other inits: rates one step either side of the tuned I-JEPA's
         # choice (4e-3) on EuroSAT val at 10 %; the 10 % row is the sweep's run at the best rate (a link)
@@ -162,16 +164,14 @@ PY
         fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')")
         for seed in ${SEEDS:-0 1 2}; do
             for init in ${INITS:-ijepa mae random:ijepa}; do
-                rate=$(python -c "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['${init%:*}'])")
                 queue run "eurosat-${init%:*}-$pct-seed$seed" "$eurosat" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$rate" label_seed="$seed" seed="$seed"
+                    lr="$(chosen_lr "${init%:*}")" label_seed="$seed" seed="$seed"
             done
         done ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
         # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
         steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
-        run eurosat-random-10 "$eurosat" random:ijepa 0.1 0 min_steps="$steps" lr="$(python -c \
-            "import json; print(json.load(open('study/finetune-sweep.json'))['chosen_lr']['random'])")" ;;
+        run eurosat-random-10 "$eurosat" random:ijepa 0.1 0 min_steps="$steps" lr="$(chosen_lr random)" ;;
     ship)
         run_dir=${2:?name a run folder}; name=${3:?name the shipped model}
         rm -rf "assets/models/$name" && cp -r "$run_dir/export" "assets/models/$name"
