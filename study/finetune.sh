@@ -85,8 +85,8 @@ case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal or ship}
         # the best rates were at the grid's top: one step further for every init
         for init in ijepa random:ijepa mae; do queue run "sweep-${init%:*}-10-lr0.004" "$eurosat" "$init" 0.1 30 lr=0.004; done ;;
     sweep-aid)  # AID's 10 % runs at EuroSAT's choice (aid-*-10) are the grid's 4e-3 points; 1e-3 was worse for
-        # both inits, so the grid went up, not down
-        for lr in 0.001 0.008; do
+        # both inits, so the grid went up, not down (RATES: more points, e.g. RATES=0.016 one step further)
+        for lr in ${RATES:-0.001 0.008}; do
             for init in mae-aid ijepa-aid; do
                 queue run "sweep-aid-$init-10-lr$lr" "$aid" "$init" 0.1 30 lr=$lr evaluations=5 val_images=1000 min_steps=200
             done
@@ -98,14 +98,15 @@ from pathlib import Path
 runs, mode = Path(sys.argv[1]), sys.argv[2]
 def final_val(metrics):
     return [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l][-1]
-found = {}
+out = Path("study/finetune-sweep.json" if mode == "choose" else "study/finetune-sweep-aid.json")
+# the points measured in earlier sessions (their runs may be gone), the runs here measure theirs again
+found = json.loads(out.read_text())["val_accuracy"] if out.is_file() else {}
 if mode == "choose":
     for metrics in sorted(runs.glob("sweep-*/metrics.jsonl")):
         if metrics.parent.name.startswith(("sweep-aid-", "sweep-ijepa-paper-")):  # their own choices
             continue
         init, lr = re.match(r"sweep-(.+)-10-lr(.+)", metrics.parent.name).groups()
         found.setdefault(init, {})[lr] = final_val(metrics)
-    out = Path("study/finetune-sweep.json")
 else:  # AID: its sweep runs plus the 10 % runs made at EuroSAT's choice
     eurosat_lr = json.loads(Path("study/finetune-sweep.json").read_text())["chosen_lr"]
     for metrics in sorted(runs.glob("sweep-aid-*/metrics.jsonl")):
@@ -115,7 +116,6 @@ else:  # AID: its sweep runs plus the 10 % runs made at EuroSAT's choice
         earlier = runs / f"aid-{init}-10" / "metrics.jsonl"
         if earlier.exists():
             found[init][eurosat_lr[init.removesuffix("-aid")]] = final_val(earlier)
-    out = Path("study/finetune-sweep-aid.json")
 chosen = {init: max(lrs, key=lrs.get) for init, lrs in found.items()}
 out.write_text(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
 print(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))

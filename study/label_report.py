@@ -88,6 +88,16 @@ def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
     return points
 
 
+def one_run_per_draw(kept: dict, more: dict) -> dict:
+    """The runs of ``more`` whose label draw (init, labels per class, label seed) ``kept`` has no run of: a draw
+    fine-tuned twice (e.g. in bf16 and again in fp32) counts once, as the set named first has it."""
+    def draw_of(row: dict) -> tuple:
+        return row["init"], row["per_class"], row.get("label_seed", 0)
+
+    drawn = {draw_of(row) for row in kept.values()}
+    return {name: row for name, row in more.items() if draw_of(row) not in drawn}
+
+
 def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
     """One panel per protocol (linear probe, kNN, fine-tuned): accuracy against labelled images per class."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
@@ -166,7 +176,8 @@ def main() -> None:
         if suffix and (more := study / f"label-efficiency-{args.dataset}{suffix}.json").is_file():
             frozen.update(json.loads(more.read_text())["label_efficiency"])
         if suffix in args.beside:
-            tuned.update(json.loads((study / f"finetune-{args.dataset}{suffix}-test.json").read_text()))
+            tuned.update(one_run_per_draw(tuned, json.loads((study / f"finetune-{args.dataset}{suffix}-test.json")
+                                                            .read_text())))
     draw(args.dataset, frozen, tuned, study / "figures" / f"label_efficiency_{args.dataset}{args.suffix}.png")
     print(table(frozen, tuned))
 
