@@ -10,7 +10,7 @@
 #   bash study/finetune.sh paper              # the paper's I-JEPA (its pretraining run, PAPER_RUN, default
 #                                             # runs/final/ijepa-150): its rate on EuroSAT val at 10 %, then 1 % and
 #                                             # 100 % at it (-> study/finetune-sweep-paper.json)
-#   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %
+#   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %, 1 %
 #                                             # (-> study/finetune-sweep-aid-scratch.json)
 #   RUNS=runs/finetune-seeds bash study/finetune.sh seeds [F]   # every EuroSAT init at fraction F (0.01) for
 #                                             # three label draws: mean ± sd of the fine-tuned rows
@@ -148,7 +148,7 @@ PY
         queue run eurosat-ijepa-paper-1 "$eurosat" "$paper" 0.01 30 lr="$best"
         queue run eurosat-ijepa-paper-100 "$eurosat" "$paper" 1 "$(epochs_for 1)" lr="$best" ;;
     scratch-aid)  # supervised from scratch on AID at its own rate, as the AID inits got theirs: EuroSAT's choice
-        # (2e-3) and two steps up on AID val at 10 %, then 100 % at FULL_EPOCHS (the inits' 12) at the best
+        # (2e-3) and two steps up on AID val at 10 %, then 100 % at FULL_EPOCHS (the inits' 12) and 1 % at the best
         aid_set=(evaluations=5 val_images=1000 min_steps=200)
         for lr in 0.002 0.004 0.008; do
             queue run "sweep-aid-random-10-lr$lr" "$aid" random:mae-aid 0.1 30 lr=$lr "${aid_set[@]}"
@@ -157,7 +157,8 @@ PY
         best=$(best_rate sweep-aid-random-10 random random:mae-aid study/finetune-sweep-aid-scratch.json)
         echo "scratch on AID: lr $best per 256 images (study/finetune-sweep-aid-scratch.json)"
         ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
-        queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}" ;;
+        queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}"
+        queue run aid-random-1 "$aid" random:mae-aid 0.01 30 lr="$best" "${aid_set[@]}" ;;
     seeds)  # the EuroSAT inits (INITS, default ijepa mae random:ijepa) at fraction F (default 0.01) for label
         # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
         # sd), as the frozen rows have
