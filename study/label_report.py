@@ -119,7 +119,7 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
         axes[2].errorbar([p["per_class"] for p in points], [p["mean"] for p in points],
                          yerr=[p["sd"] for p in points], fmt="--s" if init == "random" else "-s", capsize=3,
                          color=colours.get(FROZEN_ROW.get(init, init), "black"), label=label)
-    axes[2].set_title("fine-tuned end to end (bars: sd over label draws, where several)")
+    axes[2].set_title("fine-tuned end to end (bars: sd over label draws)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("labelled train images per class")
