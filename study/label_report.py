@@ -164,7 +164,8 @@ def main() -> None:
                                                       "and its own figure")
     parser.add_argument("--with", dest="beside", action="append", default=[], metavar="SUFFIX",
                         help="draw another set beside (its kept test scores, and label-efficiency-<dataset><suffix>"
-                             ".json's frozen rows where one exists), e.g. --with=-paper; repeat for more")
+                             ".json's frozen rows where one exists), e.g. --with=-paper; repeat for more (--with= is "
+                             "the main set); a label draw that two sets ran counts once, as the first named has it")
     args = parser.parse_args()
     study = REPO / "study"
     kept = study / f"finetune-{args.dataset}{args.suffix}-test.json"

@@ -1,4 +1,5 @@
-"""study/report.py reads a run's compute from its metrics: each stretch at the thread count that ran it."""
+"""study/report.py reads a run's compute from its metrics: each stretch at the thread count that ran it;
+study/label_report.py counts each label draw once."""
 
 from __future__ import annotations
 
@@ -33,3 +34,19 @@ def test_a_run_resumed_with_more_threads_counts_each_stretch_at_its_own(report, 
     losses, knn = report.read_metrics(path)
     assert [r["core_minutes"] for r in knn] == pytest.approx([0.0, 2.0, 4.0])
     assert [r["core_minutes"] for r in losses] == pytest.approx([2.0, 4.0])
+
+
+def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it():
+    """study/label_report.py: drawing sets together (--with) keeps one run per (init, labels per class, draw), so a
+    draw rerun in another precision is not a second sample of the spread."""
+    spec = importlib.util.spec_from_file_location("label_report", REPORT.parent / "label_report.py")
+    label_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(label_report)
+    first = {"eurosat-mae-1-seed0": {"init": "mae", "per_class": 16.2, "label_seed": 0, "test_accuracy": 0.76}}
+    more = {"eurosat-mae-1": {"init": "mae", "per_class": 16.2, "test_accuracy": 0.75},  # draw 0, no seed recorded
+            "eurosat-mae-10": {"init": "mae", "per_class": 162.0, "test_accuracy": 0.89},
+            "eurosat-mae-1-seed1": {"init": "mae", "per_class": 16.2, "label_seed": 1, "test_accuracy": 0.78}}
+    kept = label_report.one_run_per_draw(first, more)
+    assert sorted(kept) == ["eurosat-mae-1-seed1", "eurosat-mae-10"]
+    points = label_report.fine_tuned({**first, **kept})["mae"]
+    assert [(p["per_class"], p["runs"]) for p in points] == [(16.2, 2), (162.0, 1)]
