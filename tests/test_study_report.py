@@ -12,12 +12,17 @@ import pytest
 REPORT = Path(__file__).resolve().parents[1] / "study" / "report.py"
 
 
-@pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("study_report", REPORT)
+def study_module(path: Path):
+    """A script of study/ (not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"study_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def report():
+    return study_module(REPORT)
 
 
 def test_a_run_resumed_with_more_threads_counts_each_stretch_at_its_own(report, tmp_path):
@@ -39,9 +44,7 @@ def test_a_run_resumed_with_more_threads_counts_each_stretch_at_its_own(report, 
 def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it():
     """study/label_report.py: drawing sets together (--with) keeps one run per (init, labels per class, draw), so a
     draw rerun in another precision is not a second sample of the spread."""
-    spec = importlib.util.spec_from_file_location("label_report", REPORT.parent / "label_report.py")
-    label_report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(label_report)
+    label_report = study_module(REPORT.parent / "label_report.py")
     first = {"eurosat-mae-1-seed0": {"init": "mae", "per_class": 16.2, "label_seed": 0, "test_accuracy": 0.76}}
     more = {"eurosat-mae-1": {"init": "mae", "per_class": 16.2, "test_accuracy": 0.75},  # draw 0, no seed recorded
             "eurosat-mae-10": {"init": "mae", "per_class": 162.0, "test_accuracy": 0.89},
