@@ -16,6 +16,8 @@
 #                                             # three label draws: mean ± sd of the fine-tuned rows
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
+#   RUNS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run (default 0.01) teaches
+#                                             # a student on the unlabelled rest of train (DATASET=aid for AID)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
@@ -75,7 +77,7 @@ queue() {  # run in the background, at most POOL (default 2) at a time
     if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal or ship} in
+case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -173,6 +175,21 @@ PY
         # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
         steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
         run eurosat-random-10 "$eurosat" random:ijepa 0.1 0 min_steps="$steps" lr="$(chosen_lr random)" ;;
+    self)  # self-training (training/teacher.py): each init's run at fraction F on DATASET (eurosat) is the teacher
+        # of a student from the same init, trained for SELF_EPOCHS (6) passes over the whole train split — its
+        # labelled subset with labels, the rest with the teacher's probabilities at temperature T (1);
+        # scratch's student learns from scratch's teacher: self-training without pretraining
+        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); dataset=${DATASET:-eurosat}
+        if [ "$dataset" = eurosat ]; then data=$eurosat; like=ijepa; choice=study/finetune-sweep.json; extra=()
+        else data=$aid; like=mae-aid; choice=study/finetune-sweep-aid.json; extra=(evaluations=5 val_images=1000); fi
+        suffix=self${T:+-t$T}${SELF_EPOCHS:+-e$SELF_EPOCHS}
+        for init in ${INITS:-ijepa mae random:$like}; do
+            name=${init%:*}; [ "$dataset" = aid ] && [ "$name" = random ] && choice=study/finetune-sweep-aid-scratch.json
+            teacher=$runs/$dataset-$name-$pct
+            [ -f "$teacher/export/model_card.json" ] || { echo "$teacher: no exported teacher (run the $dataset mode first)" >&2; exit 2; }
+            queue run "$dataset-$name-$pct-$suffix" "$data" "$init" "$fraction" "${SELF_EPOCHS:-6}" \
+                lr="$(chosen_lr "$name" "$choice")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
+        done ;;
     ship)
         run_dir=${2:?name a run folder}; name=${3:?name the shipped model}
         rm -rf "assets/models/$name" && cp -r "$run_dir/export" "assets/models/$name"
@@ -183,6 +200,6 @@ card["name"] = sys.argv[2]
 json.dump(card, open(sys.argv[1], "w"), indent=1)
 PY
         echo "shipped $run_dir/export as assets/models/$name" ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal or ship" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self or ship" >&2; exit 2 ;;
 esac
 wait

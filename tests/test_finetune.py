@@ -130,6 +130,31 @@ def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch):
     assert steps["resumed"] == steps["straight"] == [3, 3, 6, 6]  # nothing lost, nothing logged twice
 
 
+def test_a_student_learns_from_its_teachers_predictions_on_the_unlabelled_images(tiny, tmp_path):
+    from training.export import export_run
+    from training.finetune import Finetuner, finetune
+
+    root, archive, model = tiny
+    few = dict(label_fraction=0.25, label_seed=1)  # 2 of the 8 train images per class
+    finetune(_config(model, **few), str(archive), tmp_path / "teacher")
+    export_run(tmp_path / "teacher", tmp_path / "teacher" / "export")
+    student = Finetuner(_config(model, teacher=str(tmp_path / "teacher"), **few), str(archive), tmp_path / "student")
+    assert student.labelled == 6 and student.targets.shape == (24, 3)
+    labelled, unlabelled = student.targets[:6], student.targets[6:]
+    assert set(labelled.sum(1).tolist()) == {1.0} and set(labelled.max(1).values.tolist()) == {1.0}  # one-hot
+    teacher_logits = ExportedEncoder(tmp_path / "teacher" / "export").logits(student.images[6:])
+    assert torch.allclose(unlabelled, torch.softmax(torch.from_numpy(teacher_logits), 1), atol=1e-5)
+    assert student.fit()["step"] == 6
+    card = export_run(tmp_path / "student", tmp_path / "student" / "export")
+    assert card["labelled_images"] == 6 and card["train_images"] == 24
+    assert card["teacher"] == str(tmp_path / "teacher")
+
+    with pytest.raises(ValueError, match="label_seed"):  # a teacher that saw other labels would leak them
+        Finetuner(_config(model, teacher=str(tmp_path / "teacher"), label_fraction=0.25), str(archive), tmp_path / "x")
+    with pytest.raises(ValueError, match="task: classification"):  # an encoder has no predictions to teach
+        Finetuner(_config(model, teacher=str(model), **few), str(archive), tmp_path / "y")
+
+
 def test_supervised_from_scratch_takes_the_named_models_architecture(tiny, tmp_path):
     from training.finetune import build_encoder
 

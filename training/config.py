@@ -133,7 +133,7 @@ class FinetuneConfig:
     init: str = "random"  # registry name, exported-model folder, pretraining run folder, or random[:MODEL]
     label_fraction: float = 1.0  # stratified part of the train labels (>= 1 per class)
     label_seed: int = 0  # which stratified subset
-    epochs: int = 10  # passes over the labelled subset
+    epochs: int = 10  # passes over the labelled subset (with a teacher: over the whole train split)
     min_steps: int = 300
     batch_size: int = 64  # at most the labelled subset's size
     seed: int = 0
@@ -152,6 +152,8 @@ class FinetuneConfig:
     log_every: int = 20
     device: str = "auto"
     bf16: bool = True
+    teacher: str = ""  # self-training (training/teacher.py): a classifier fine-tuned on the same labelled subset
+    teacher_temperature: float = 1.0  # its probabilities softmax(logits / T) are the unlabelled images' targets
     model: ModelConfig = field(default_factory=ModelConfig)  # replaced by the init model's architecture
     stats_mean: list[float] = field(default_factory=list)  # replaced by the init model's normalisation
     stats_std: list[float] = field(default_factory=list)

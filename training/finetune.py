@@ -5,7 +5,8 @@ learning-rate decay (timm's ``param_groups_layer_decay``), stochastic depth, lab
 random resized crops and flips (plus quarter turns: overhead imagery has no up). Its values are re-derived on val
 for runs of minutes (``training.config.FinetuneConfig``). ``--init`` is a shipped model (its timm weights), an
 exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratch, with MODEL's architecture and
-normalisation): the same loop serves the self-supervised inits and the supervised baseline.
+normalisation): the same loop serves the self-supervised inits and the supervised baseline. ``--set teacher=RUN``
+self-trains (``training.teacher``): the other train images join the labelled ones, with RUN's predictions as targets.
 
 A run folder holds ``checkpoint/`` (safetensors, atomic; ``--resume`` continues exactly: every draw is seeded by
 the step), ``config.json`` and ``metrics.jsonl`` (loss, lr, images/s; val accuracy ``evaluations`` times).
@@ -37,6 +38,7 @@ from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
 from training.subsets import stratified_subset
+from training.teacher import with_soft_targets
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,10 @@ def build_encoder(config: FinetuneConfig, data_root: str) -> tuple[torch.nn.Modu
     return vit, config, described
 
 
-def labelled_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    """The labelled subset of train, decoded: (images [N, C, S, S], labels [N], classes, skipped unreadable)."""
+def train_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, list[str], int, int]:
+    """The train split as the run sees it, decoded: (images [N, C, S, S], targets, classes, skipped unreadable,
+    labelled images). Targets are the labels [N] of the labelled subset; with a ``teacher``, the labelled subset
+    first and then every other train image, targets [N, K] (one-hot labels, then the teacher's probabilities)."""
     dataset = open_archive(data_root, "train", image_size=config.model.img_size)
     if not dataset.classes:
         raise ValueError(f"{data_root} has no class labels: fine-tuning needs a labelled train split "
@@ -103,7 +107,16 @@ def labelled_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor
     labels = np.array([item.label for item in dataset.items])
     picks = stratified_subset(labels, config.label_fraction, config.label_seed)
     images, y, skipped = preload(torch.utils.data.Subset(dataset, picks.tolist()), desc="labelled train")
-    return images, y, list(dataset.classes), skipped
+    classes = list(dataset.classes)
+    if not config.teacher:
+        return images, y, classes, skipped, len(y)
+    others = np.setdiff1d(np.arange(len(dataset)), picks)
+    if len(others) == 0:
+        raise ValueError(f"--set teacher=...: every train image of {data_root} is labelled at label fraction "
+                         f"{config.label_fraction}; a teacher adds nothing")
+    unlabelled, _, skipped_unlabelled = preload(torch.utils.data.Subset(dataset, others.tolist()), desc="unlabelled train")
+    all_images, targets = with_soft_targets(config, images, y, unlabelled, classes)
+    return all_images, targets, classes, skipped + skipped_unlabelled, len(y)
 
 
 def val_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -147,7 +160,7 @@ class Finetuner:
         self.precision = training_precision(config.bf16, self.device)
         vit, self.config, self.init = build_encoder(config, data_root)
         c = self.config
-        self.images, self.labels, self.classes, self.skipped = labelled_split(data_root, c)
+        self.images, self.targets, self.classes, self.skipped, self.labelled = train_split(data_root, c)
         self.val = val_split(data_root, c)
         torch.manual_seed(c.seed)  # the head's initial weights are a function of the config alone
         vit.reset_classifier(len(self.classes))
@@ -156,8 +169,8 @@ class Finetuner:
         self.model = vit.to(self.device)
         if self.device.type == "cpu":
             use_explicit_attention(self.model)
-        self.batch_size = min(c.batch_size, len(self.labels))
-        self.steps_per_epoch = len(self.labels) // self.batch_size
+        self.batch_size = min(c.batch_size, len(self.targets))
+        self.steps_per_epoch = len(self.targets) // self.batch_size
         self.total = max(c.epochs * self.steps_per_epoch, c.min_steps)
         self.peak_lr = c.lr * self.batch_size / 256
         self.optimizer = create_optimizer_v2(self.model, "adamw", lr=self.peak_lr, weight_decay=c.weight_decay,
@@ -170,8 +183,9 @@ class Finetuner:
             self.step, self.train_seconds = state["step"], state["train_seconds"]
             self.best_val = state.get("best_val")
             log.info("resumed from %s at step %d", checkpoint, self.step)
-        log.info("fine-tuning %s on %d labelled images (%s of train, %d classes), %d steps of %d, %s on %s",
-                 c.init, len(self.labels), f"{100 * c.label_fraction:g}%", len(self.classes), self.total,
+        taught = f" + {len(self.targets) - self.labelled} taught by {c.teacher}" if c.teacher else ""
+        log.info("fine-tuning %s on %d labelled images (%s of train, %d classes)%s, %d steps of %d, %s on %s",
+                 c.init, self.labelled, f"{100 * c.label_fraction:g}%", len(self.classes), taught, self.total,
                  self.batch_size, self.precision, self.device)
 
     def eval_steps(self) -> set[int]:
@@ -184,8 +198,8 @@ class Finetuner:
         warmup = max(int(round(c.warmup_epochs * self.steps_per_epoch)), self.total // 20)
         return schedules.learning_rate(step, self.total, min(warmup, self.total // 2), self.peak_lr, c.min_lr)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One AdamW step on a raw batch [b, C, S, S] (scaled units) with labels [b]."""
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One AdamW step on a raw batch [b, C, S, S] (scaled units) with labels [b] or soft targets [b, K]."""
         c = self.config
         gen = step_generator(c.seed, self.step, 0)
         torch.manual_seed(c.seed * 1_000_003 + self.step)  # stochastic depth draws from the global generator
@@ -199,7 +213,7 @@ class Finetuner:
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), labels.to(self.device), label_smoothing=c.label_smoothing)
+        loss = F.cross_entropy(logits.float(), targets.to(self.device), label_smoothing=c.label_smoothing)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step} (lr {lr:.2e}): fine-tuning "
                                      "stopped. Lower --set lr=..., or resume from the last checkpoint")
@@ -223,7 +237,7 @@ class Finetuner:
     def save(self) -> None:
         state = {"step": self.step, "total_steps": self.total, "train_seconds": self.train_seconds,
                  "best_val": self.best_val, "config": self.config.to_dict(), "classes": self.classes,
-                 "labelled": len(self.labels), "skipped": self.skipped, "data_root": self.data_root,
+                 "labelled": self.labelled, "train_images": len(self.targets), "skipped": self.skipped, "data_root": self.data_root,
                  "precision": self.precision, "device": device_name(self.device), **self.init}
         save_checkpoint(self.out_dir, self.model, self.optimizer, state)
 
@@ -244,11 +258,11 @@ class Finetuner:
         try:
             while self.step < self.total:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
-                order = epoch_order(len(self.labels), self.config.seed, epoch)[: self.steps_per_epoch * self.batch_size]
+                order = epoch_order(len(self.targets), self.config.seed, epoch)[: self.steps_per_epoch * self.batch_size]
                 for first in range(start * self.batch_size, len(order), self.batch_size):
                     batch = order[first:first + self.batch_size]
                     began = time.perf_counter()
-                    record = self.train_step(self.images[batch], self.labels[batch])
+                    record = self.train_step(self.images[batch], self.targets[batch])
                     seconds = time.perf_counter() - began
                     self.train_seconds += seconds
                     self.step += 1
