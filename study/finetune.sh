@@ -16,8 +16,9 @@
 #                                             # three label draws: mean ± sd of the fine-tuned rows
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
-#   RUNS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run (default 0.01) teaches
-#                                             # a student on the unlabelled rest of train (DATASET=aid for AID)
+#   RUNS=runs/self TEACHERS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run
+#                                             # (default 0.01) in TEACHERS teaches a student on the unlabelled rest of
+#                                             # train, <dataset>-<init>-self-<percent> (DATASET=aid for AID)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
@@ -185,9 +186,9 @@ PY
         suffix=self${T:+-t$T}${SELF_EPOCHS:+-e$SELF_EPOCHS}
         for init in ${INITS:-ijepa mae random:$like}; do
             name=${init%:*}; [ "$dataset" = aid ] && [ "$name" = random ] && choice=study/finetune-sweep-aid-scratch.json
-            teacher=$runs/$dataset-$name-$pct
+            teacher=${TEACHERS:-$runs}/$dataset-$name-$pct
             [ -f "$teacher/export/model_card.json" ] || { echo "$teacher: no exported teacher (run the $dataset mode first)" >&2; exit 2; }
-            queue run "$dataset-$name-$pct-$suffix" "$data" "$init" "$fraction" "${SELF_EPOCHS:-6}" \
+            queue run "$dataset-$name-$suffix-$pct" "$data" "$init" "$fraction" "${SELF_EPOCHS:-6}" \
                 lr="$(chosen_lr "$name" "$choice")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
         done ;;
     ship)

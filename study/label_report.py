@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": REPO.parent / "shared" / "data" / "aid"}
 FROZEN_ROW = {"ijepa-paper": "ijepa-150"}  # a fine-tuning init -> its frozen row's name, for one colour per model
+SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
 RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(-seed(?P<seed>\d+))?$")
 
 
@@ -69,7 +70,9 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
                             "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
                             "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
                             "device": card.get("training_device"), "precision": card.get("training_precision"),
-                            "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0)}
+                            "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0),
+                            **({"teacher": card["teacher"], "train_images": card["train_images"]}
+                               if card.get("teacher") else {})}
         print(f"{run.name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
     return scored
 
@@ -86,6 +89,13 @@ def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
         points.setdefault(init, []).append({"per_class": per_class, "mean": float(np.mean(accuracies)), "sd": sd,
                                             "runs": len(accuracies)})
     return points
+
+
+def row_name(init: str) -> str:
+    """A fine-tuned row's name: ``random`` is supervised from scratch, ``<init>-self`` a self-trained student."""
+    base = SELF_TRAINED.sub("", init)
+    name = "supervised from scratch" if base == "random" else f"{base} fine-tuned"
+    return f"{name}, self-trained on the unlabelled rest of train" if base != init else name
 
 
 def one_run_per_draw(kept: dict, more: dict) -> dict:
@@ -115,10 +125,11 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
             ax.fill_between(x, y - sd, y + sd, color=colours[name], alpha=0.15)
         ax.set_title(title)
     for init, points in fine_tuned(tuned).items():
-        label = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
+        base = SELF_TRAINED.sub("", init)
+        fmt = ":^" if init != base else "--s" if init == "random" else "-s"
         axes[2].errorbar([p["per_class"] for p in points], [p["mean"] for p in points],
-                         yerr=[p["sd"] for p in points], fmt="--s" if init == "random" else "-s", capsize=3,
-                         color=colours.get(FROZEN_ROW.get(init, init), "black"), label=label)
+                         yerr=[p["sd"] for p in points], fmt=fmt, capsize=3,
+                         color=colours.get(FROZEN_ROW.get(base, base), "black"), label=row_name(init))
     axes[2].set_title("fine-tuned end to end (bars: sd over label draws)")
     for ax in axes:
         ax.set_xscale("log")
@@ -143,15 +154,14 @@ def table(frozen: dict, tuned: dict) -> str:
         lines.append(f"| {name} (frozen: linear / kNN) | " + " | ".join(cells) + " |")
     per_class = {b: next(iter(frozen.values()))[b]["per_class"] for b in budgets}
     points = fine_tuned(tuned)
-    for init in sorted(points, key=lambda i: (i == "random", i)):
+    for init in sorted(points, key=lambda i: (i.startswith("random"), i)):
         found = {p["per_class"]: p for p in points[init]}
         cells = []
         for b in budgets:
             p = found.get(per_class[b])
             cells.append("—" if p is None else f"**{p['mean']:.1f}**" if p["runs"] == 1
                          else f"**{p['mean']:.1f} ± {p['sd']:.1f}** ({p['runs']} draws)")
-        name = "supervised from scratch" if init == "random" else f"{init} fine-tuned"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(init)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
