@@ -114,7 +114,8 @@ def train_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, t
     if len(others) == 0:
         raise ValueError(f"--set teacher=...: every train image of {data_root} is labelled at label fraction "
                          f"{config.label_fraction}; a teacher adds nothing")
-    unlabelled, _, skipped_unlabelled = preload(torch.utils.data.Subset(dataset, others.tolist()), desc="unlabelled train")
+    unlabelled, _, skipped_unlabelled = preload(torch.utils.data.Subset(dataset, others.tolist()),
+                                                desc="unlabelled train")
     all_images, targets = with_soft_targets(config, images, y, unlabelled, classes)
     return all_images, targets, classes, skipped + skipped_unlabelled, len(y)
 
@@ -237,8 +238,8 @@ class Finetuner:
     def save(self) -> None:
         state = {"step": self.step, "total_steps": self.total, "train_seconds": self.train_seconds,
                  "best_val": self.best_val, "config": self.config.to_dict(), "classes": self.classes,
-                 "labelled": self.labelled, "train_images": len(self.targets), "skipped": self.skipped, "data_root": self.data_root,
-                 "precision": self.precision, "device": device_name(self.device), **self.init}
+                 "labelled": self.labelled, "train_images": len(self.targets), "skipped": self.skipped,
+                 "data_root": self.data_root, "precision": self.precision, "device": device_name(self.device), **self.init}
         save_checkpoint(self.out_dir, self.model, self.optimizer, state)
 
     def fit(self) -> dict[str, Any]:
