@@ -16,8 +16,8 @@ difference from ``logistic`` ± its standard error over the starts. The trials:
   2,000;
 * ``blend wW``: z-scored logistic + W × z-scored ``nearest``.
 
-The vectors: each model's ONNX embedding of the val split (cached in ``index/_loop-trials/``), L2-normalised as the
-catalogue stores them. Not a test.
+The vectors: each model's ONNX embedding of the val split (``python -m indexing evaluate``'s cache in
+``index/<model>/``, made here if absent), L2-normalised as the catalogue stores them. Not a test.
 """
 
 from __future__ import annotations
@@ -38,21 +38,15 @@ ARCHIVE_OF = {"ijepa": "eurosat-rgb", "mae": "eurosat-rgb", "mae-aid": "aid", "i
 
 
 def val_vectors(model: str) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors [N, D] L2-normalised, labels [N]) of the val split of the model's archive, embedded once."""
-    cache = REPO / "index" / "_loop-trials" / f"{model}-{ARCHIVE_OF[model]}-val.npz"
-    if not cache.is_file():
-        from training.data import open_archive
-        from training.encoder import ExportedEncoder
-        from training.feed import preload
+    """(vectors [N, D] L2-normalised, labels [N]) of the val split of the model's archive: ``indexing evaluate``'s
+    cached features (``index/<model>/``), embedded once if absent."""
+    from indexing.encoders import OnnxEncoder
+    from indexing.evaluate import split_features
 
-        encoder = ExportedEncoder(REPO / "assets" / "models" / model)
-        dataset = open_archive(SHARED / ARCHIVE_OF[model], "val", image_size=encoder.input_size)
-        images, labels, _ = preload(dataset, show_progress=False)
-        x = np.concatenate([encoder.embed(images[i:i + 256]) for i in range(0, len(images), 256)])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, x=x, y=labels.numpy())
-    with np.load(cache) as data:
-        x, y = data["x"].astype(np.float32), data["y"]
+    encoder = OnnxEncoder(REPO / "assets" / "models" / model)
+    x, y, _ = split_features(SHARED / ARCHIVE_OF[model], "val", REPO / "index" / model,
+                             encoder.embed, {"name": model, "model": encoder.identity}, encoder.input_size,
+                             encoder.card.get("band_indices"))
     return x / np.linalg.norm(x, axis=1, keepdims=True), y
 
 
