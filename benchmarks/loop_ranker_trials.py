@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from retrieval_app.loop import logistic, nearest, simulate
+from retrieval_app.loop import logistic, marks_with_weak_negatives, nearest, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -72,15 +72,12 @@ def diffusion(graph: sparse.csr_matrix, alpha: float, vectors, positives, negati
     return f
 
 
-def svm_rerank(vectors, positives, negatives, top: int = 2000, weak: int = 1000, weak_weight: float = 0.3):
+def svm_rerank(vectors, positives, negatives, top: int = 2000):
     from sklearn.svm import SVC
 
     base = logistic(vectors, positives, negatives)
     candidates = np.argpartition(-base, min(top, len(base) - 1))[:top]
-    drawn = vectors[np.random.default_rng(0).choice(len(vectors), size=min(weak, len(vectors)), replace=False)]
-    x = np.concatenate([positives, negatives, drawn])
-    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives) + len(drawn))]
-    w = np.r_[np.ones(len(positives) + len(negatives)), np.full(len(drawn), weak_weight * len(positives) / len(drawn))]
+    x, y, w = marks_with_weak_negatives(vectors, positives, negatives)
     svm = SVC(C=10.0, kernel="rbf", class_weight="balanced").fit(x, y, sample_weight=w)
     scores = base.copy()  # [N] the rest stay in the logistic's order, below every re-ranked candidate
     rescored = svm.decision_function(vectors[candidates])

@@ -48,13 +48,22 @@ def logistic(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, 
     the positives')."""
     from sklearn.linear_model import LogisticRegression
 
+    x, y, weights = marks_with_weak_negatives(vectors, positives, negatives, weak, weak_weight, seed)
+    model = LogisticRegression(C=c, max_iter=200, class_weight="balanced").fit(x, y, sample_weight=weights)
+    return vectors @ model.coef_[0] + model.intercept_[0]
+
+
+def marks_with_weak_negatives(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
+                              weak: int = WEAK_NEGATIVES, weak_weight: float = WEAK_WEIGHT, seed: int = 0
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A classifier's training set from the marks: (x [P + M + W, D], y [P + M + W] 1 for positives, sample weights
+    [P + M + W]) with ``weak`` archive vectors drawn at random as negatives of total weight ``weak_weight`` x P."""
     drawn = vectors[np.random.default_rng(seed).choice(len(vectors), size=min(weak, len(vectors)), replace=False)]
     x = np.concatenate([positives, negatives, drawn])
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives) + len(drawn))])
     weights = np.concatenate([np.ones(len(positives) + len(negatives)),
                               np.full(len(drawn), weak_weight * len(positives) / max(len(drawn), 1))])
-    model = LogisticRegression(C=c, max_iter=200, class_weight="balanced").fit(x, y, sample_weight=weights)
-    return vectors @ model.coef_[0] + model.intercept_[0]
+    return x, y, weights
 
 
 def nearest(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, beta: float = BETA, top: int = 3
