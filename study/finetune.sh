@@ -19,6 +19,12 @@
 #   RUNS=runs/self TEACHERS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run
 #                                             # (default 0.01) in TEACHERS teaches a student on the unlabelled rest of
 #                                             # train, <dataset>-<init>-self-<percent> (DATASET=aid for AID)
+#   RUNS=runs/finetune-recipe bash study/finetune.sh recipe [F]   # EuroSAT val at fraction F (0.1): each init
+#                                             # (INITS, default mae ijepa random:ijepa) at its chosen rate for PASSES (30 120)
+#                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's)
+#   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
+#                                             # init's best of them on val, linked as RUNS/eurosat-<init>-<F%> for
+#                                             # `python study/label_report.py eurosat --test --runs RUNS`
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
@@ -78,7 +84,7 @@ queue() {  # run in the background, at most POOL (default 2) at a time
     if [ ${#pool[@]} -ge "${POOL:-2}" ]; then wait "${pool[0]}"; pool=("${pool[@]:1}"); fi
 }
 
-case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self or ship} in
+case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self, recipe, recipe-choose or ship} in
     sweep)
         for lr in 0.0005 0.001 0.002; do
             queue run "sweep-ijepa-10-lr$lr" "$eurosat" ijepa 0.1 30 lr=$lr
@@ -191,6 +197,41 @@ PY
             queue run "$dataset-$name-$suffix-$pct" "$data" "$init" "$fraction" "${SELF_EPOCHS:-6}" \
                 lr="$(chosen_lr "$name" "$choice")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
         done ;;
+    recipe)  # longer runs and MixUp / CutMix at a small label fraction, on val (the plain 30-pass point is the
+        # sweep's run at the chosen rate; it is rerun here so that every point of the table sits in RUNS)
+        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')")
+        for passes in ${PASSES:-30 120}; do
+            for init in ${INITS:-mae ijepa random:ijepa}; do
+                for mix in ${MIXES:-plain mix}; do
+                    sets=(lr="$(chosen_lr "${init%:*}")")
+                    [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
+                    queue run "recipe-${init%:*}-$pct-p$passes-$mix" "$eurosat" "$init" "$fraction" "$passes" "${sets[@]}"
+                done
+            done
+        done ;;
+    recipe-choose)
+        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')")
+        python - "$runs" "$pct" <<'PY'
+import json, re, sys
+from pathlib import Path
+runs, pct = Path(sys.argv[1]), sys.argv[2]
+found = {}
+for metrics in sorted(runs.glob(f"recipe-*-{pct}-p*/metrics.jsonl")):
+    if not (metrics.parent / "export" / "model_card.json").is_file():
+        continue  # unfinished: not a candidate
+    init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+)$", metrics.parent.name).groups()
+    val = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
+    found.setdefault(init, {})[variant] = val[-1]
+chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
+for init, variant in chosen.items():
+    link = runs / f"eurosat-{init}-{pct}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"recipe-{init}-{pct}-{variant}")
+out = Path(f"study/finetune-recipe-{pct}.json")
+out.write_text(json.dumps({"val_accuracy": found, "chosen": chosen}, indent=1))
+print(out.read_text())
+PY
+        ;;
     ship)
         run_dir=${2:?name a run folder}; name=${3:?name the shipped model}
         rm -rf "assets/models/$name" && cp -r "$run_dir/export" "assets/models/$name"
@@ -201,6 +242,6 @@ card["name"] = sys.argv[2]
 json.dump(card, open(sys.argv[1], "w"), indent=1)
 PY
         echo "shipped $run_dir/export as assets/models/$name" ;;
-    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self or ship" >&2; exit 2 ;;
+    *) echo "unknown mode $1: sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self, recipe, recipe-choose or ship" >&2; exit 2 ;;
 esac
 wait

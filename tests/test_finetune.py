@@ -104,12 +104,13 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
     assert "fine-tuned" in table and f"{100 * accuracy:.1f}" in table
 
 
-def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0}], ids=["plain", "mixup-cutmix"])
+def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, mixing):
     from training.checkpoint import find_checkpoint, load_weights
     from training.finetune import Finetuner, finetune
 
     root, archive, model = tiny
-    finetune(_config(model), str(archive), tmp_path / "straight")
+    finetune(_config(model, **mixing), str(archive), tmp_path / "straight")
     original = Finetuner.train_step
 
     def stop_at_four(self, images, labels):  # killed after the checkpoint at step 3
@@ -119,15 +120,39 @@ def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Finetuner, "train_step", stop_at_four)
     with pytest.raises(KeyboardInterrupt):
-        finetune(_config(model), str(archive), tmp_path / "resumed")
+        finetune(_config(model, **mixing), str(archive), tmp_path / "resumed")
     monkeypatch.setattr(Finetuner, "train_step", original)
     assert json.loads((find_checkpoint(tmp_path / "resumed") / "state.json").read_text())["step"] == 3
-    finetune(_config(model), str(archive), tmp_path / "resumed", resume=True)
+    finetune(_config(model, **mixing), str(archive), tmp_path / "resumed", resume=True)
     a, b = (load_weights(find_checkpoint(tmp_path / name)) for name in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = {name: [json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
              for name in ("straight", "resumed")}
     assert steps["resumed"] == steps["straight"] == [3, 3, 6, 6]  # nothing lost, nothing logged twice
+
+
+def test_mixup_and_cutmix_train_on_mixed_soft_targets(tiny, tmp_path, monkeypatch):
+    import training.finetune as ft
+
+    root, archive, model = tiny
+    seen = []
+    cross_entropy = ft.F.cross_entropy
+
+    def spy(logits, targets, **kwargs):
+        seen.append((targets.detach().clone(), kwargs["label_smoothing"]))
+        return cross_entropy(logits, targets, **kwargs)
+
+    monkeypatch.setattr(ft.F, "cross_entropy", spy)
+    trainer = ft.Finetuner(_config(model, mixup=0.8, cutmix=1.0, batch_size=7), str(archive), tmp_path / "run")
+    assert trainer.batch_size == 6  # pairs: each image is mixed with the batch reversed
+    picks = torch.arange(0, 24, 4)  # two images of each of the three classes (train is sorted by class)
+    assert trainer.targets[picks].unique().numel() == 3
+    trainer.train_step(trainer.images[picks], trainer.targets[picks])
+    targets, smoothing = seen[-1]
+    assert targets.shape == (6, 3) and smoothing == 0.0  # timm's soft targets carry the smoothing
+    assert torch.allclose(targets.sum(1), torch.ones(6)) and (targets > 0.1).sum(1).max() >= 2  # two labels mixed
+    with pytest.raises(ValueError, match="mixup"):  # a teacher's soft targets are not mixed
+        ft.Finetuner(_config(model, mixup=0.8, teacher=str(model)), str(archive), tmp_path / "x")
 
 
 def test_a_student_learns_from_its_teachers_predictions_on_the_unlabelled_images(tiny, tmp_path):

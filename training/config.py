@@ -127,7 +127,8 @@ class FinetuneConfig:
 
     The recipe of the MAE / BEiT fine-tuning codebases (AdamW, layer-wise learning-rate decay, stochastic depth,
     label smoothing, warmup + cosine), with their 100-epoch ImageNet values replaced by ones chosen on val for
-    runs of minutes (RESULTS.md, "Fine-tuning"); MixUp / CutMix and RandAugment are left out. A labelled subset
+    runs of minutes (RESULTS.md, "Fine-tuning"); MixUp / CutMix (timm's ``Mixup``) are off unless set (their
+    recipes' 0.8 / 1.0 were tried on val: RESULTS.md), RandAugment is left out. A labelled subset
     smaller than a few batches is visited many times: a run is at least `min_steps` steps long."""
 
     init: str = "random"  # registry name, exported-model folder, pretraining run folder, or random[:MODEL]
@@ -147,6 +148,8 @@ class FinetuneConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = True
     rot90: bool = True  # random quarter turns: a scene seen from above has no up
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha) (MAE fine-tuning: 0.8); 0 = off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha) (MAE fine-tuning: 1.0); 0 = off; with mixup, half the batches each
     evaluations: int = 10  # val accuracy measured this many times over the run (and at its end)
     val_images: int = 2000  # a fixed random subset of val for those measurements (0 = all of val)
     log_every: int = 20

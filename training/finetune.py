@@ -2,7 +2,8 @@
 
 The recipe follows the MAE and BEiT fine-tuning code (He et al. 2022; Bao et al. 2022): AdamW with layer-wise
 learning-rate decay (timm's ``param_groups_layer_decay``), stochastic depth, label smoothing, warmup then cosine,
-random resized crops and flips (plus quarter turns: overhead imagery has no up). Its values are re-derived on val
+random resized crops and flips (plus quarter turns: overhead imagery has no up), and optionally MixUp / CutMix
+(timm's ``Mixup``). Its values are re-derived on val
 for runs of minutes (``training.config.FinetuneConfig``). ``--init`` is a shipped model (its timm weights), an
 exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratch, with MODEL's architecture and
 normalisation): the same loop serves the self-supervised inits and the supervised baseline. ``--set teacher=RUN``
@@ -161,6 +162,9 @@ class Finetuner:
         self.precision = training_precision(config.bf16, self.device)
         vit, self.config, self.init = build_encoder(config, data_root)
         c = self.config
+        if (c.mixup or c.cutmix) and c.teacher:
+            raise ValueError("--set mixup / cutmix with --set teacher=...: mixing the teacher's soft targets is not "
+                             "supported; set mixup=0 cutmix=0, or drop the teacher")
         self.images, self.targets, self.classes, self.skipped, self.labelled = train_split(data_root, c)
         self.val = val_split(data_root, c)
         torch.manual_seed(c.seed)  # the head's initial weights are a function of the config alone
@@ -171,6 +175,9 @@ class Finetuner:
         if self.device.type == "cpu":
             use_explicit_attention(self.model)
         self.batch_size = min(c.batch_size, len(self.targets))
+        self.mixer = self._mixer()
+        if self.mixer is not None:
+            self.batch_size -= self.batch_size % 2  # a batch is mixed with itself reversed: pairs
         self.steps_per_epoch = len(self.targets) // self.batch_size
         self.total = max(c.epochs * self.steps_per_epoch, c.min_steps)
         self.peak_lr = c.lr * self.batch_size / 256
@@ -188,6 +195,16 @@ class Finetuner:
         log.info("fine-tuning %s on %d labelled images (%s of train, %d classes)%s, %d steps of %d, %s on %s",
                  c.init, self.labelled, f"{100 * c.label_fraction:g}%", len(self.classes), taught, self.total,
                  self.batch_size, self.precision, self.device)
+
+    def _mixer(self):
+        """timm's MixUp / CutMix (soft targets, label smoothing folded in), or None when both are off."""
+        from timm.data import Mixup
+
+        c = self.config
+        if not (c.mixup or c.cutmix):
+            return None
+        return Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, label_smoothing=c.label_smoothing,
+                     num_classes=len(self.classes))
 
     def eval_steps(self) -> set[int]:
         """The steps after which val accuracy is measured (and a checkpoint written)."""
@@ -208,13 +225,18 @@ class Finetuner:
         if c.rot90:
             x = quarter_turns(x, gen)
         x = normalize(x, self.mean, self.std)
+        targets, smoothing = targets.to(self.device), c.label_smoothing
+        if self.mixer is not None:
+            np.random.seed((c.seed * 1_000_003 + self.step) % 2**32)  # timm draws from numpy's global generator
+            x, targets = self.mixer(x, targets)  # targets [b] -> [b, K], already smoothed
+            smoothing = 0.0
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), targets.to(self.device), label_smoothing=c.label_smoothing)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step} (lr {lr:.2e}): fine-tuning "
                                      "stopped. Lower --set lr=..., or resume from the last checkpoint")
