@@ -21,10 +21,12 @@
 #                                             # train, <dataset>-<init>-self-<percent> (DATASET=aid for AID)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe [F]   # EuroSAT val at fraction F (0.1): each init
 #                                             # (INITS, default mae ijepa random:ijepa) at its chosen rate for PASSES (30 120)
-#                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's)
+#                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
+#                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
-#                                             # init's best of them on val, linked as RUNS/eurosat-<init>-<F%> for
-#                                             # `python study/label_report.py eurosat --test --runs RUNS`
+#                                             # init's best of them on val, linked as RUNS/<dataset>-<init>-<F%> for
+#                                             # `python study/label_report.py <dataset> --test --runs RUNS`
+#                                             # (DATASET=aid: study/finetune-recipe-aid-<F%>.json)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
@@ -198,23 +200,30 @@ PY
                 lr="$(chosen_lr "$name" "$choice")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
         done ;;
     recipe)  # longer runs and MixUp / CutMix at a small label fraction, on val (the plain 30-pass point is the
-        # sweep's run at the chosen rate; it is rerun here so that every point of the table sits in RUNS)
-        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')")
+        # sweep's run at the chosen rate; it is rerun here so that every point of the table sits in RUNS);
+        # DATASET=aid: the AID inits at AID's rates (scratch at its own, study/finetune-sweep-aid-scratch.json)
+        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')"); dataset=${DATASET:-eurosat}
+        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(${INITS:-mae ijepa random:ijepa}); extra=()
+        else data=$aid; inits=(${INITS:-mae-aid ijepa-aid random:mae-aid}); extra=(evaluations=5 val_images=1000 min_steps=200); fi
         for passes in ${PASSES:-30 120}; do
-            for init in ${INITS:-mae ijepa random:ijepa}; do
+            for init in "${inits[@]}"; do
+                name=${init%:*}; choice=study/finetune-sweep.json
+                if [ "$dataset" = aid ]; then
+                    choice=study/finetune-sweep-aid.json; [ "$name" = random ] && choice=study/finetune-sweep-aid-scratch.json
+                fi
                 for mix in ${MIXES:-plain mix}; do
-                    sets=(lr="$(chosen_lr "${init%:*}")")
+                    sets=(lr="$(chosen_lr "$name" "$choice")" "${extra[@]}")
                     [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
-                    queue run "recipe-${init%:*}-$pct-p$passes-$mix" "$eurosat" "$init" "$fraction" "$passes" "${sets[@]}"
+                    queue run "recipe-$name-$pct-p$passes-$mix" "$data" "$init" "$fraction" "$passes" "${sets[@]}"
                 done
             done
         done ;;
     recipe-choose)
         fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')")
-        python - "$runs" "$pct" <<'PY'
+        python - "$runs" "$pct" "${DATASET:-eurosat}" <<'PY'
 import json, re, sys
 from pathlib import Path
-runs, pct = Path(sys.argv[1]), sys.argv[2]
+runs, pct, dataset = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 found = {}
 for metrics in sorted(runs.glob(f"recipe-*-{pct}-p*/metrics.jsonl")):
     if not (metrics.parent / "export" / "model_card.json").is_file():
@@ -224,10 +233,10 @@ for metrics in sorted(runs.glob(f"recipe-*-{pct}-p*/metrics.jsonl")):
     found.setdefault(init, {})[variant] = val[-1]
 chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
 for init, variant in chosen.items():
-    link = runs / f"eurosat-{init}-{pct}"
+    link = runs / f"{dataset}-{init}-{pct}"
     link.unlink(missing_ok=True)
     link.symlink_to(f"recipe-{init}-{pct}-{variant}")
-out = Path(f"study/finetune-recipe-{pct}.json")
+out = Path(f"study/finetune-recipe-{pct}.json" if dataset == "eurosat" else f"study/finetune-recipe-{dataset}-{pct}.json")
 out.write_text(json.dumps({"val_accuracy": found, "chosen": chosen}, indent=1))
 print(out.read_text())
 PY
