@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": REPO.parent / "shared" / "data" / "aid"}
-FROZEN_ROW = {"ijepa-paper": "ijepa-150"}  # a fine-tuning init -> its frozen row's name, for one colour per model
+# a fine-tuning init -> the names of its frozen rows (EuroSAT, AID), for one colour per model
+FROZEN_ROWS = {"ijepa-paper": ("ijepa-150", "ijepa-150-aid-whiten")}
 SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
 RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(-seed(?P<seed>\d+))?$")
 
@@ -129,7 +130,8 @@ def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
         fmt = ":^" if init != base else "--s" if init == "random" else "-s"
         axes[2].errorbar([p["per_class"] for p in points], [p["mean"] for p in points],
                          yerr=[p["sd"] for p in points], fmt=fmt, capsize=3,
-                         color=colours.get(FROZEN_ROW.get(base, base), "black"), label=row_name(init))
+                         color=next((colours[n] for n in FROZEN_ROWS.get(base, (base,)) if n in colours), "black"),
+                         label=row_name(init))
     axes[2].set_title("fine-tuned end to end (bars: sd over label draws)")
     for ax in axes:
         ax.set_xscale("log")
