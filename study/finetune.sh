@@ -82,11 +82,12 @@ PY
 
 paper_aid() {  # DATASET=aid bash study/finetune.sh paper: the paper's I-JEPA pretrained on AID (PAPER_RUN, default
     # runs/final/ijepa-150-aid) fine-tuned as the AID inits were, at their rate chosen on AID val (PAPER_LR, 8e-3:
-    # the peak for both; not re-derived for this init): 1 % (200 steps) and 10 % for each of PASSES (30 120); the
-    # 10 % row is the best of them on val, linked as aid-ijepa-paper-10
+    # the peak for both; not re-derived for this init): 1 % (200 steps) and 10 % for each of PASSES (120 30: the long
+    # run queued second, so that `queue`, which waits for the oldest, runs the short ones beside it); the 10 % row
+    # is the best of them on val, linked as aid-ijepa-paper-10
     local paper=${PAPER_RUN:-runs/final/ijepa-150-aid} lr=${PAPER_LR:-0.008} aid_set=(evaluations=5 val_images=1000 min_steps=200)
     queue run aid-ijepa-paper-1 "$aid" "$paper" 0.01 30 lr="$lr" "${aid_set[@]}"
-    for passes in ${PASSES:-30 120}; do
+    for passes in ${PASSES:-120 30}; do
         queue run "aid-ijepa-paper-10-p$passes" "$aid" "$paper" 0.1 "$passes" lr="$lr" "${aid_set[@]}"
     done
     wait; pool=()
