@@ -10,13 +10,14 @@
 #   bash study/finetune.sh paper              # the paper's I-JEPA (its pretraining run, PAPER_RUN, default
 #                                             # runs/final/ijepa-150): its rate on EuroSAT val at 10 %, then 1 % and
 #                                             # 100 % at it (-> study/finetune-sweep-paper.json); DATASET=aid: from
-#                                             # runs/final/ijepa-150-aid at 1 % and 10 %, AID's rate (paper_aid)
+#                                             # runs/final/ijepa-150-aid at 1 %, 10 % and 100 %, AID's rate (paper_aid)
 #   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %, 1 %
 #                                             # (-> study/finetune-sweep-aid-scratch.json)
 #   RUNS=runs/finetune-seeds bash study/finetune.sh seeds [F]   # every EuroSAT init at fraction F (0.01) for
 #                                             # three label draws: mean ± sd of the fine-tuned rows
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
-#                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone
+#                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone;
+#                                             # DATASET=aid on AID, EQUAL_TO=<init> for one init's total (default MAE's)
 #   RUNS=runs/self TEACHERS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run
 #                                             # (default 0.01) in TEACHERS teaches a student on the unlabelled rest of
 #                                             # train, <dataset>-<init>-self-<percent> (DATASET=aid for AID)
@@ -69,11 +70,10 @@ best_rate() {  # prefix init_name init out.json -> the rate of the best final va
     python - "$runs" "$@" <<'PY'
 import json, sys
 from pathlib import Path
+from study.finetune_runs import final_val
 runs, prefix, name, init, out = Path(sys.argv[1]), *sys.argv[2:]
-found = {}
-for metrics in sorted(runs.glob(f"{prefix}-lr*/metrics.jsonl")):
-    val = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
-    found[metrics.parent.name.rsplit("-lr", 1)[1]] = val[-1]
+found = {metrics.parent.name.rsplit("-lr", 1)[1]: final_val(metrics.parent)
+         for metrics in sorted(runs.glob(f"{prefix}-lr*/metrics.jsonl"))}
 best = max(found, key=found.get)
 Path(out).write_text(json.dumps({"init": init, "val_accuracy": {name: found}, "chosen_lr": {name: best}}, indent=1))
 print(best)
@@ -84,19 +84,20 @@ paper_aid() {  # DATASET=aid bash study/finetune.sh paper: the paper's I-JEPA pr
     # runs/final/ijepa-150-aid) fine-tuned as the AID inits were, at their rate chosen on AID val (PAPER_LR, 8e-3:
     # the peak for both; not re-derived for this init): 1 % (200 steps) and 10 % for each of PASSES (120 30: the long
     # run queued second, so that `queue`, which waits for the oldest, runs the short ones beside it); the 10 % row
-    # is the best of them on val, linked as aid-ijepa-paper-10
+    # is the best of them on val, linked as aid-ijepa-paper-10; 100 % for FULL_EPOCHS (12, as the AID inits)
     local paper=${PAPER_RUN:-runs/final/ijepa-150-aid} lr=${PAPER_LR:-0.008} aid_set=(evaluations=5 val_images=1000 min_steps=200)
     queue run aid-ijepa-paper-1 "$aid" "$paper" 0.01 30 lr="$lr" "${aid_set[@]}"
     for passes in ${PASSES:-120 30}; do
         queue run "aid-ijepa-paper-10-p$passes" "$aid" "$paper" 0.1 "$passes" lr="$lr" "${aid_set[@]}"
     done
+    queue run aid-ijepa-paper-100 "$aid" "$paper" 1 "${FULL_EPOCHS:-12}" lr="$lr" "${aid_set[@]}"
     wait; pool=()
     python - "$runs" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
+from study.finetune_runs import exported, final_val
 runs = Path(sys.argv[1])
-val = {m.parent.name: [json.loads(l)["val_accuracy"] for l in m.read_text().splitlines() if "val_accuracy" in l][-1]
-       for m in runs.glob("aid-ijepa-paper-10-p*/metrics.jsonl") if (m.parent / "export" / "model_card.json").is_file()}
+val = {run.name: final_val(run) for run in runs.glob("aid-ijepa-paper-10-p*") if exported(run)}
 best = max(val, key=val.get)
 link = runs / "aid-ijepa-paper-10"
 link.unlink(missing_ok=True)
@@ -132,9 +133,8 @@ case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self, r
         python - "$runs" "$1" <<'PY'
 import json, re, sys
 from pathlib import Path
+from study.finetune_runs import final_val
 runs, mode = Path(sys.argv[1]), sys.argv[2]
-def final_val(metrics):
-    return [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l][-1]
 out = Path("study/finetune-sweep.json" if mode == "choose" else "study/finetune-sweep-aid.json")
 # the points measured in earlier sessions (their runs may be gone), the runs here measure theirs again
 found = json.loads(out.read_text())["val_accuracy"] if out.is_file() else {}
@@ -143,15 +143,15 @@ if mode == "choose":
         if metrics.parent.name.startswith(("sweep-aid-", "sweep-ijepa-paper-")):  # their own choices
             continue
         init, lr = re.match(r"sweep-(.+)-10-lr(.+)", metrics.parent.name).groups()
-        found.setdefault(init, {})[lr] = final_val(metrics)
+        found.setdefault(init, {})[lr] = final_val(metrics.parent)
 else:  # AID: its sweep runs plus the 10 % runs made at EuroSAT's choice
     eurosat_lr = json.loads(Path("study/finetune-sweep.json").read_text())["chosen_lr"]
     for metrics in sorted(runs.glob("sweep-aid-*/metrics.jsonl")):
         init, lr = re.match(r"sweep-aid-(.+)-10-lr(.+)", metrics.parent.name).groups()
-        found.setdefault(init, {})[lr] = final_val(metrics)
+        found.setdefault(init, {})[lr] = final_val(metrics.parent)
     for init in list(found):
-        earlier = runs / f"aid-{init}-10" / "metrics.jsonl"
-        if earlier.exists():
+        earlier = runs / f"aid-{init}-10"
+        if (earlier / "metrics.jsonl").exists():
             found[init][eurosat_lr[init.removesuffix("-aid")]] = final_val(earlier)
 chosen = {init: max(lrs, key=lrs.get) for init, lrs in found.items()}
 out.write_text(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
@@ -208,9 +208,14 @@ PY
             done
         done ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
-        # spent (study/equal_compute.py: MAE's total, the larger), at scratch's rate chosen on val
-        steps=$(python study/equal_compute.py | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
-        run eurosat-random-10 "$eurosat" random:ijepa 0.1 0 min_steps="$steps" lr="$(chosen_lr random)" ;;
+        # spent (study/equal_compute.py: MAE's total, the largest), at scratch's rate chosen on val; DATASET=aid:
+        # AID at its own scratch rate; EQUAL_TO=<init> matches that init's total instead (e.g. ijepa-paper)
+        dataset=${DATASET:-eurosat}
+        if [ "$dataset" = eurosat ]; then data=$eurosat; init=random:ijepa; lr=$(chosen_lr random); extra=()
+        else data=$aid; init=random:mae-aid; lr=$(chosen_lr random study/finetune-sweep-aid-scratch.json)
+             extra=(evaluations=10 val_images=1000); fi
+        steps=$(python study/equal_compute.py "$dataset" ${EQUAL_TO:+--as "$EQUAL_TO"} | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
+        run "$dataset-random-10" "$data" "$init" 0.1 0 min_steps="$steps" lr="$lr" "${extra[@]}" ;;
     self)  # self-training (training/teacher.py): each init's run at fraction F on DATASET (eurosat) is the teacher
         # of a student from the same init, trained for SELF_EPOCHS (6) passes over the whole train split — its
         # labelled subset with labels, the rest with the teacher's probabilities at temperature T (1);
@@ -250,14 +255,13 @@ PY
         python - "$runs" "$pct" "${DATASET:-eurosat}" <<'PY'
 import json, re, sys
 from pathlib import Path
+from study.finetune_runs import exported, final_val
 runs, pct, dataset = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 found = {}
-for metrics in sorted(runs.glob(f"recipe-*-{pct}-p*/metrics.jsonl")):
-    if not (metrics.parent / "export" / "model_card.json").is_file():
-        continue  # unfinished: not a candidate
-    init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+)$", metrics.parent.name).groups()
-    val = [json.loads(l)["val_accuracy"] for l in metrics.read_text().splitlines() if "val_accuracy" in l]
-    found.setdefault(init, {})[variant] = val[-1]
+for run in sorted(runs.glob(f"recipe-*-{pct}-p*")):
+    if run.is_dir() and exported(run):  # an unfinished run is not a candidate
+        init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+)$", run.name).groups()
+        found.setdefault(init, {})[variant] = final_val(run)
 chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
 for init, variant in chosen.items():
     link = runs / f"{dataset}-{init}-{pct}"

@@ -53,3 +53,19 @@ def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it
     assert sorted(kept) == ["eurosat-mae-1-seed1", "eurosat-mae-10"]
     points = label_report.fine_tuned({**first, **kept})["mae"]
     assert [(p["per_class"], p["runs"]) for p in points] == [(16.2, 2), (162.0, 1)]
+
+
+def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(tmp_path):
+    """study/finetune_runs.py, what finetune.sh's choosing modes read: the run's end, not its best point."""
+    finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
+    run = tmp_path / "recipe-mae-10-p30-plain"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 20, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match="recipe-mae-10-p30-plain.*no val accuracy"):
+        finetune_runs.final_val(run)
+    (run / "metrics.jsonl").write_text('{"step": 20, "val_accuracy": 0.61}\n{"step": 40, "val_accuracy": 0.58}\n')
+    assert finetune_runs.final_val(run) == 0.58
+    assert not finetune_runs.exported(run)
+    (run / "export").mkdir()
+    (run / "export" / "model_card.json").write_text("{}")
+    assert finetune_runs.exported(run)
