@@ -14,9 +14,10 @@ eurosat=${EUROSAT:-../shared/data/eurosat-rgb}
 aid=${AID:-../shared/data/aid}
 runs=${RUNS:-runs/final}
 budget=${BUDGET:-first}  # as in study/pretrain.sh: the first final runs, or those at 150 (or on AID 300) core-minutes
+beside=()  # shipped models that select_runs evaluates beside the runs (none but for the mixed corpus)
 
 select_runs() {  # [--baselines] archive json run...: each run as pretrain.sh exported it, and PCA-whitened on its
-    # training split, on val (with --baselines the floors too)
+    # training split, on val (with --baselines the floors too; the models named in the array `beside` next to them)
     local floors=(--no-baselines) models=() best
     [ "$1" = --baselines ] && { floors=(); shift; }
     local archive=$1 json=$2
@@ -32,7 +33,8 @@ select_runs() {  # [--baselines] archive json run...: each run as pretrain.sh ex
         models+=("exported/$name" "exported/$name-whiten")
     done
     [ ${#models[@]} -gt 0 ] || return 0
-    python -m indexing evaluate --queries val --archive "$archive" "${floors[@]}" --json "$json" --model "${models[@]}"
+    python -m indexing evaluate --queries val --archive "$archive" "${floors[@]}" --json "$json" \
+        --model "${models[@]}" "${beside[@]}"
 }
 
 case ${1:?select, ship or report} in
@@ -43,19 +45,15 @@ case ${1:?select, ship or report} in
             exit 0
         fi
         if [ "$budget" = 150 ] && [ "$only" = mixed ]; then
-            # the mixed corpus (study/pretrain.sh mixed: EuroSAT + AID train at 128 px), plain and whitened, on both
-            # datasets' val, beside both shipped single-dataset models: its own dataset's (the 1-point bar) and the
-            # other's (the bar to beat) on each (RESULTS.md, "One corpus for both")
-            for name in mae-150-mixed ijepa-vicreg-150-mixed; do
+            # each mixed-corpus run (study/pretrain.sh mixed: EuroSAT + AID train at 128 px), plain and whitened, on
+            # both datasets' val beside its method's shipped single-dataset models: its own dataset's (the 1-point bar)
+            # and the other's (the bar to beat) on each (RESULTS.md, "EuroSAT + AID as one pretraining corpus")
+            for method in mae:mae ijepa-vicreg:ijepa; do
+                name=${method%:*}-150-mixed shipped=${method#*:}
                 [ -d "exported/$name" ] || continue
-                [ -d "exported/$name-whiten" ] || python -m training export "$runs/$name" --whiten \
-                    --out "exported/$name-whiten"
-                models+=("exported/$name" "exported/$name-whiten")
+                beside=("$shipped" "$shipped-aid"); select_runs "$eurosat" "study/select-$name-val-eurosat.json" "$name"
+                beside=("$shipped-aid" "$shipped"); select_runs "$aid" "study/select-$name-val-aid.json" "$name"
             done
-            python -m indexing evaluate --queries val --archive "$eurosat" --no-baselines \
-                --json study/select-mixed-150-val-eurosat.json --model "${models[@]}" mae mae-aid
-            python -m indexing evaluate --queries val --archive "$aid" --no-baselines \
-                --json study/select-mixed-150-val-aid.json --model "${models[@]}" mae-aid mae
             exit 0
         fi
         if [ "$budget" = 150 ]; then  # the paper's I-JEPA, the tuned one and MAE; the floors are in the shipped tables

@@ -5,8 +5,8 @@
 #   bash study/finetune.sh sweep-aid          # the same on AID val with the AID-trained inits (AID's own lr)
 #   bash study/finetune.sh choose-aid         # -> study/finetune-sweep-aid.json
 #   bash study/finetune.sh eurosat [F ...]    # every init at label fractions F (default 0.01 0.1 1), chosen lr
-#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits (AID's lr choice where
-#                                             # study/finetune-sweep-aid.json exists, else EuroSAT's)
+#   bash study/finetune.sh aid [F ...]        # the same on AID with the AID-trained inits, each at its rate chosen
+#                                             # on AID val (scratch: its own, scratch-aid; RATES_FROM=eurosat: EuroSAT's)
 #   bash study/finetune.sh paper              # the paper's I-JEPA (its pretraining run, PAPER_RUN, default
 #                                             # runs/final/ijepa-150): its rate on EuroSAT val at 10 %, then 1 % and
 #                                             # 100 % at it (-> study/finetune-sweep-paper.json); DATASET=aid: from
@@ -30,6 +30,7 @@
 #                                             # `python study/label_report.py <dataset> --test --runs RUNS`
 #                                             # (DATASET=aid: study/finetune-recipe-aid-<F%>.json)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
+# DRY_RUN=1 prints each run's command instead of running it (the modes that choose from finished runs stop there).
 # Each run is `python -m training finetune`, exported to <run>/export (ONNX classifier + card), one thread each
 # (two side by side on the 2-core machine; POOL=1 for one at a time); RESUME=1 continues killed runs. Inits: the shipped tuned I-JEPA and
 # MAE (their timm weights), and supervised from scratch with the same architecture (random:MODEL, no layer decay:
@@ -52,13 +53,34 @@ run() {  # name data init fraction epochs overrides...
     for kv in "$@"; do sets+=(--set "$kv"); done
     [[ $init == random* ]] && sets+=(--set layer_decay=1.0)
     if [ -f "$runs/$name/export/model_card.json" ]; then echo "$name: done"; return 0; fi
-    python -m training finetune --init "$init" --data "$data" --label-fraction "$fraction" --epochs "$epochs" \
-        --out "$runs/$name" "${sets[@]}" ${RESUME:+--resume} > "$runs/$name.log" 2>&1
+    local command=(python -m training finetune --init "$init" --data "$data" --label-fraction "$fraction"
+                   --epochs "$epochs" --out "$runs/$name" "${sets[@]}" ${RESUME:+--resume})
+    if [ -n "${DRY_RUN:-}" ]; then echo "${command[*]}"; return 0; fi
+    "${command[@]}" > "$runs/$name.log" 2>&1
     echo "$name: $(grep -o '"val_accuracy": [0-9.]*' "$runs/$name/metrics.jsonl" | tail -1)"
 }
 
 epochs_for() {  # fraction -> passes over the labelled subset (short subsets get min_steps = 300 steps anyway)
     case $1 in 1) echo "${FULL_EPOCHS:-8}" ;; *) echo 30 ;; esac
+}
+
+use_dataset() {  # eurosat|aid -> data; pretrained (the shipped inits trained on it); like (the init whose
+    # architecture scratch copies, random:<like>); extra (AID: 5 val measurements of 1,000 scenes, >= 200 steps);
+    # choice / scratch_choice (the inits' and scratch's rates chosen on val: on AID each its own sweep, sweep-aid and
+    # scratch-aid). RATES_FROM=eurosat: EuroSAT's rates on AID too (the first AID runs', before AID had its own)
+    dataset=$1
+    case $dataset in
+        eurosat) data=$eurosat; pretrained=(ijepa mae); like=ijepa; extra=()
+                 choice=study/finetune-sweep.json; scratch_choice=$choice ;;
+        aid) data=$aid; pretrained=(ijepa-aid mae-aid); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200)
+             choice=study/finetune-sweep-aid.json; scratch_choice=study/finetune-sweep-aid-scratch.json ;;
+        *) echo "unknown dataset $dataset: eurosat or aid" >&2; exit 2 ;;
+    esac
+    if [ "${RATES_FROM:-}" = eurosat ]; then choice=study/finetune-sweep.json; scratch_choice=$choice; fi
+}
+
+rate() {  # init (a name, or random:MODEL) -> its peak rate chosen on val for the dataset in use
+    if [[ $1 == random* ]]; then chosen_lr random "$scratch_choice"; else chosen_lr "$1" "$choice"; fi
 }
 
 chosen_lr() {  # init [choice.json] -> its rate chosen on val: the choice file's (default EuroSAT's sweep), else
@@ -85,12 +107,13 @@ paper_aid() {  # DATASET=aid bash study/finetune.sh paper: the paper's I-JEPA pr
     # the peak for both; not re-derived for this init): 1 % (200 steps) and 10 % for each of PASSES (120 30: the long
     # run queued second, so that `queue`, which waits for the oldest, runs the short ones beside it); the 10 % row
     # is the best of them on val, linked as aid-ijepa-paper-10; 100 % for FULL_EPOCHS (12, as the AID inits)
-    local paper=${PAPER_RUN:-runs/final/ijepa-150-aid} lr=${PAPER_LR:-0.008} aid_set=(evaluations=5 val_images=1000 min_steps=200)
-    queue run aid-ijepa-paper-1 "$aid" "$paper" 0.01 30 lr="$lr" "${aid_set[@]}"
+    local paper=${PAPER_RUN:-runs/final/ijepa-150-aid} lr=${PAPER_LR:-0.008}
+    use_dataset aid
+    queue run aid-ijepa-paper-1 "$data" "$paper" 0.01 30 lr="$lr" "${extra[@]}"
     for passes in ${PASSES:-120 30}; do
-        queue run "aid-ijepa-paper-10-p$passes" "$aid" "$paper" 0.1 "$passes" lr="$lr" "${aid_set[@]}"
+        queue run "aid-ijepa-paper-10-p$passes" "$data" "$paper" 0.1 "$passes" lr="$lr" "${extra[@]}"
     done
-    queue run aid-ijepa-paper-100 "$aid" "$paper" 1 "${FULL_EPOCHS:-12}" lr="$lr" "${aid_set[@]}"
+    queue run aid-ijepa-paper-100 "$data" "$paper" 1 "${FULL_EPOCHS:-12}" lr="$lr" "${extra[@]}"
     wait; pool=()
     python - "$runs" <<'PY'
 import sys
@@ -124,10 +147,9 @@ case ${1:?sweep, choose, eurosat, aid, paper, scratch-aid, seeds, equal, self, r
         for init in ijepa random:ijepa mae; do queue run "sweep-${init%:*}-10-lr0.004" "$eurosat" "$init" 0.1 30 lr=0.004; done ;;
     sweep-aid)  # AID's 10 % runs at EuroSAT's choice (aid-*-10) are the grid's 4e-3 points; 1e-3 was worse for
         # both inits, so the grid went up, not down (RATES: more points, e.g. RATES=0.016 one step further)
+        use_dataset aid
         for lr in ${RATES:-0.001 0.008}; do
-            for init in mae-aid ijepa-aid; do
-                queue run "sweep-aid-$init-10-lr$lr" "$aid" "$init" 0.1 30 lr=$lr evaluations=5 val_images=1000 min_steps=200
-            done
+            for init in mae-aid ijepa-aid; do queue run "sweep-aid-$init-10-lr$lr" "$data" "$init" 0.1 30 lr=$lr "${extra[@]}"; done
         done ;;
     choose|choose-aid)  # the final val accuracy of each sweep run; the best lr per init
         python - "$runs" "$1" <<'PY'
@@ -159,20 +181,14 @@ print(json.dumps({"val_accuracy": found, "chosen_lr": chosen}, indent=1))
 PY
         ;;
     eurosat|aid)
-        dataset=$1; shift
+        use_dataset "$1"; shift
         [ $# -gt 0 ] || set -- 0.01 0.1 1
-        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(${INITS:-ijepa mae}); like=ijepa; extra=()
-        else data=$aid; inits=(${INITS:-ijepa-aid mae-aid}); like=mae-aid; extra=(evaluations=5 val_images=1000 min_steps=200); fi
-        choice=study/finetune-sweep.json
-        [ "$dataset" = aid ] && [ -f study/finetune-sweep-aid.json ] && choice=study/finetune-sweep-aid.json
         for fraction in "$@"; do
             pct=$(python -c "print(f'{100 * $fraction:g}')")
-            for init in "${inits[@]}"; do
-                queue run "$dataset-$init-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$(chosen_lr "$init" "$choice")" "${extra[@]}"
+            for init in ${INITS:-${pretrained[*]}} "random:$like"; do
+                queue run "$dataset-${init%:*}-$pct" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
+                    lr="$(rate "$init")" "${extra[@]}"
             done
-            queue run "$dataset-random-$pct" "$data" "random:$like" "$fraction" "$(epochs_for "$fraction")" \
-                lr="$(chosen_lr random "$choice")" "${extra[@]}"
         done ;;
     paper)  # the paper's I-JEPA, fine-tuned as the other inits: rates one step either side of the tuned I-JEPA's
         # choice (4e-3) on EuroSAT val at 10 %; the 10 % row is the sweep's run at the best rate (a link)
@@ -187,64 +203,56 @@ PY
         queue run eurosat-ijepa-paper-100 "$eurosat" "$paper" 1 "$(epochs_for 1)" lr="$best" ;;
     scratch-aid)  # supervised from scratch on AID at its own rate, as the AID inits got theirs: EuroSAT's choice
         # (2e-3) and two steps up on AID val at 10 %, then 100 % at FULL_EPOCHS (the inits' 12) and 1 % at the best
-        aid_set=(evaluations=5 val_images=1000 min_steps=200)
+        use_dataset aid
         for lr in 0.002 0.004 0.008; do
-            queue run "sweep-aid-random-10-lr$lr" "$aid" random:mae-aid 0.1 30 lr=$lr "${aid_set[@]}"
+            queue run "sweep-aid-random-10-lr$lr" "$data" "random:$like" 0.1 30 lr=$lr "${extra[@]}"
         done
         wait; pool=()
-        best=$(best_rate sweep-aid-random-10 random random:mae-aid study/finetune-sweep-aid-scratch.json)
-        echo "scratch on AID: lr $best per 256 images (study/finetune-sweep-aid-scratch.json)"
+        best=$(best_rate sweep-aid-random-10 random "random:$like" "$scratch_choice")
+        echo "scratch on AID: lr $best per 256 images ($scratch_choice)"
         ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
-        queue run aid-random-100 "$aid" random:mae-aid 1 "$(epochs_for 1)" lr="$best" "${aid_set[@]}"
-        queue run aid-random-1 "$aid" random:mae-aid 0.01 30 lr="$best" "${aid_set[@]}" ;;
+        queue run aid-random-100 "$data" "random:$like" 1 "$(epochs_for 1)" lr="$best" "${extra[@]}"
+        queue run aid-random-1 "$data" "random:$like" 0.01 30 lr="$best" "${extra[@]}" ;;
     seeds)  # the EuroSAT inits (INITS, default ijepa mae random:ijepa) at fraction F (default 0.01) for label
         # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
         # sd), as the frozen rows have
-        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')")
+        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset eurosat
         for seed in ${SEEDS:-0 1 2}; do
             for init in ${INITS:-ijepa mae random:ijepa}; do
-                queue run "eurosat-${init%:*}-$pct-seed$seed" "$eurosat" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$(chosen_lr "${init%:*}")" label_seed="$seed" seed="$seed"
+                queue run "eurosat-${init%:*}-$pct-seed$seed" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
+                    lr="$(rate "$init")" label_seed="$seed" seed="$seed"
             done
         done ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning
         # spent (study/equal_compute.py: MAE's total, the largest), at scratch's rate chosen on val; DATASET=aid:
         # AID at its own scratch rate; EQUAL_TO=<init> matches that init's total instead (e.g. ijepa-paper)
-        dataset=${DATASET:-eurosat}
-        if [ "$dataset" = eurosat ]; then data=$eurosat; init=random:ijepa; lr=$(chosen_lr random); extra=()
-        else data=$aid; init=random:mae-aid; lr=$(chosen_lr random study/finetune-sweep-aid-scratch.json)
-             extra=(evaluations=10 val_images=1000); fi
+        use_dataset "${DATASET:-eurosat}"
         steps=$(python study/equal_compute.py "$dataset" ${EQUAL_TO:+--as "$EQUAL_TO"} | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
-        run "$dataset-random-10" "$data" "$init" 0.1 0 min_steps="$steps" lr="$lr" "${extra[@]}" ;;
+        sets=(min_steps="$steps" lr="$(rate random)")
+        [ "$dataset" = aid ] && sets+=(evaluations=10 val_images=1000)  # a long run: val every tenth
+        run "$dataset-random-10" "$data" "random:$like" 0.1 0 "${sets[@]}" ;;
     self)  # self-training (training/teacher.py): each init's run at fraction F on DATASET (eurosat) is the teacher
         # of a student from the same init, trained for SELF_EPOCHS (6) passes over the whole train split — its
         # labelled subset with labels, the rest with the teacher's probabilities at temperature T (1);
         # scratch's student learns from scratch's teacher: self-training without pretraining
-        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); dataset=${DATASET:-eurosat}
-        if [ "$dataset" = eurosat ]; then data=$eurosat; like=ijepa; choice=study/finetune-sweep.json; extra=()
-        else data=$aid; like=mae-aid; choice=study/finetune-sweep-aid.json; extra=(evaluations=5 val_images=1000); fi
+        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset "${DATASET:-eurosat}"
         suffix=self${T:+-t$T}${SELF_EPOCHS:+-e$SELF_EPOCHS}
-        for init in ${INITS:-ijepa mae random:$like}; do
-            name=${init%:*}; [ "$dataset" = aid ] && [ "$name" = random ] && choice=study/finetune-sweep-aid-scratch.json
+        for init in ${INITS:-${pretrained[*]} random:$like}; do
+            name=${init%:*}
             teacher=${TEACHERS:-$runs}/$dataset-$name-$pct
             [ -f "$teacher/export/model_card.json" ] || { echo "$teacher: no exported teacher (run the $dataset mode first)" >&2; exit 2; }
             queue run "$dataset-$name-$suffix-$pct" "$data" "$init" "$fraction" "${SELF_EPOCHS:-6}" \
-                lr="$(chosen_lr "$name" "$choice")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
+                lr="$(rate "$init")" teacher="$teacher" teacher_temperature="${T:-1.0}" "${extra[@]}"
         done ;;
     recipe)  # longer runs and MixUp / CutMix at a small label fraction, on val (the plain 30-pass point is the
         # sweep's run at the chosen rate; it is rerun here so that every point of the table sits in RUNS);
         # DATASET=aid: the AID inits at AID's rates (scratch at its own, study/finetune-sweep-aid-scratch.json)
-        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')"); dataset=${DATASET:-eurosat}
-        if [ "$dataset" = eurosat ]; then data=$eurosat; inits=(${INITS:-mae ijepa random:ijepa}); extra=()
-        else data=$aid; inits=(${INITS:-mae-aid ijepa-aid random:mae-aid}); extra=(evaluations=5 val_images=1000 min_steps=200); fi
+        fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset "${DATASET:-eurosat}"
         for passes in ${PASSES:-30 120}; do
-            for init in "${inits[@]}"; do
-                name=${init%:*}; choice=study/finetune-sweep.json
-                if [ "$dataset" = aid ]; then
-                    choice=study/finetune-sweep-aid.json; [ "$name" = random ] && choice=study/finetune-sweep-aid-scratch.json
-                fi
+            for init in ${INITS:-${pretrained[*]} random:$like}; do
+                name=${init%:*}
                 for mix in ${MIXES:-plain mix}; do
-                    sets=(lr="$(chosen_lr "$name" "$choice")" "${extra[@]}")
+                    sets=(lr="$(rate "$init")" "${extra[@]}")
                     [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
                     queue run "recipe-$name-$pct-p$passes-$mix" "$data" "$init" "$fraction" "$passes" "${sets[@]}"
                 done

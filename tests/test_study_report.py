@@ -1,10 +1,13 @@
 """study/report.py reads a run's compute from its metrics: each stretch at the thread count that ran it;
-study/label_report.py counts each label draw once."""
+study/label_report.py counts each label draw once; study/finetune.sh gives every init its rate chosen on val."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,35 @@ def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(
     (run / "export").mkdir()
     (run / "export" / "model_card.json").write_text("{}")
     assert finetune_runs.exported(run)
+
+
+def queued_runs(tmp_path: Path, *args: str, **env: str) -> dict[str, str]:
+    """study/finetune.sh's runs for a mode (DRY_RUN: printed, not run): run name -> its command line."""
+    root = REPORT.parents[1]
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   "DRY_RUN": "1", "RUNS": str(tmp_path), **env}
+    out = subprocess.run(["bash", "study/finetune.sh", *args], cwd=root, env=environment, check=True,
+                         capture_output=True, text=True).stdout
+    return {line.split("--out ")[1].split()[0].rsplit("/", 1)[1]: line for line in out.splitlines()}
+
+
+def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_theirs(tmp_path):
+    # the rates chosen on AID val: the inits' (sweep-aid) and scratch's own (scratch-aid), in every mode alike
+    aid = json.loads((REPORT.parent / "finetune-sweep-aid.json").read_text())["chosen_lr"]
+    scratch = json.loads((REPORT.parent / "finetune-sweep-aid-scratch.json").read_text())["chosen_lr"]["random"]
+    eurosat = json.loads((REPORT.parent / "finetune-sweep.json").read_text())["chosen_lr"]
+    assert scratch != eurosat["random"]  # else the test could not tell the two apart
+    for runs in (queued_runs(tmp_path, "aid", "0.1"),
+                 queued_runs(tmp_path, "recipe", "0.1", DATASET="aid", PASSES="30", MIXES="plain")):
+        inits = {name: line for name, line in runs.items() if "random" not in name}
+        [scratch_line] = [line for name, line in runs.items() if "random" in name]
+        assert f"--set lr={scratch} " in scratch_line and "--init random:mae-aid" in scratch_line
+        assert "--set layer_decay=1.0" in scratch_line  # nothing pretrained to protect
+        assert len(inits) == 2
+        for line in inits.values():
+            init = line.split("--init ")[1].split()[0]
+            assert f"--set lr={aid[init]} " in line and "--data ../shared/data/aid" in line
+    # RATES_FROM=eurosat: the first AID runs', EuroSAT's rates for all
+    first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
+    assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
+    assert f"--set lr={eurosat['mae']} " in first["aid-mae-aid-1"]
