@@ -26,7 +26,8 @@
 #                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
-#                                             # init's best of them on val, linked as RUNS/<dataset>-<init>-<F%> for
+#                                             # init's best of them on val (and of the file's earlier points), linked
+#                                             # as RUNS/<dataset>-<init>-<F%> where its run is in RUNS, for
 #                                             # `python study/label_report.py <dataset> --test --runs RUNS`
 #                                             # (DATASET=aid: study/finetune-recipe-aid-<F%>.json)
 #   bash study/finetune.sh ship RUN NAME      # a run's exported classifier into assets/models/NAME (card named NAME)
@@ -258,24 +259,28 @@ PY
                 done
             done
         done ;;
-    recipe-choose)
+    recipe-choose)  # merges with the choice file's earlier points (their runs may be gone, as choose does); links
+        # each init's best where its run is in RUNS
         fraction=${2:-0.1}; pct=$(python -c "print(f'{100 * $fraction:g}')")
         python - "$runs" "$pct" "${DATASET:-eurosat}" <<'PY'
 import json, re, sys
 from pathlib import Path
 from study.finetune_runs import exported, final_val
 runs, pct, dataset = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-found = {}
+out = Path(f"study/finetune-recipe-{pct}.json" if dataset == "eurosat" else f"study/finetune-recipe-{dataset}-{pct}.json")
+found = json.loads(out.read_text())["val_accuracy"] if out.is_file() else {}
 for run in sorted(runs.glob(f"recipe-*-{pct}-p*")):
     if run.is_dir() and exported(run):  # an unfinished run is not a candidate
         init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+)$", run.name).groups()
         found.setdefault(init, {})[variant] = final_val(run)
 chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
 for init, variant in chosen.items():
-    link = runs / f"{dataset}-{init}-{pct}"
+    link, target = runs / f"{dataset}-{init}-{pct}", runs / f"recipe-{init}-{pct}-{variant}"
     link.unlink(missing_ok=True)
-    link.symlink_to(f"recipe-{init}-{pct}-{variant}")
-out = Path(f"study/finetune-recipe-{pct}.json" if dataset == "eurosat" else f"study/finetune-recipe-{dataset}-{pct}.json")
+    if target.is_dir():
+        link.symlink_to(target.name)
+    else:
+        print(f"{init}: its best, {target.name}, is not in {runs}: no link", file=sys.stderr)
 out.write_text(json.dumps({"val_accuracy": found, "chosen": chosen}, indent=1))
 print(out.read_text())
 PY
