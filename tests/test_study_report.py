@@ -104,3 +104,38 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
     first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
     assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
     assert f"--set lr={eurosat['mae']} " in first["aid-mae-aid-1"]
+
+
+@pytest.fixture
+def standing():
+    return study_module(REPORT.parent / "standing.py")
+
+
+def test_results_headline_tables_are_what_the_kept_test_scores_give(standing):
+    """RESULTS.md's "Where each method stands": every cell as study/standing.py draws it from study/*.json."""
+    results = (REPORT.parents[1] / "RESULTS.md").read_text()
+    for dataset in ("eurosat", "aid"):
+        assert standing.table(dataset) in results, f"python study/standing.py {dataset} differs from RESULTS.md"
+
+
+def test_a_cell_is_the_run_best_on_val_at_the_rate_chosen_on_val_never_the_best_on_test(standing, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(standing, "STUDY", tmp_path)
+    (tmp_path / "finetune-sweep-aid.json").write_text('{"chosen_lr": {"mae-aid": "0.008"}}')
+    (tmp_path / "finetune-sweep-aid-scratch.json").write_text('{"chosen_lr": {"random": "0.004"}}')
+
+    def run(val, test, lr, steps, **more):
+        return {"init": "mae-aid", "percent": 10.0, "val_accuracy": val, "test_accuracy": test, "lr": lr,
+                "steps": steps, "labelled": 600, "per_class": 20.0, **more}
+
+    (tmp_path / "finetune-aid-first-test.json").write_text(json.dumps({
+        "aid-mae-aid-10": run(0.70, 0.72, 0.004, 270)}))  # best val, but at a superseded rate
+    (tmp_path / "finetune-aid-long-test.json").write_text(json.dumps({
+        "aid-mae-aid-10": run(0.62, 0.60, 0.008, 1080),  # the cell: best val at the chosen rate
+        "aid-mae-aid-10-seed1": run(0.66, 0.65, 0.008, 1080, label_seed=1)}))  # another label draw
+    (tmp_path / "finetune-aid-short-test.json").write_text(json.dumps({
+        "aid-mae-aid-10": run(0.58, 0.63, 0.008, 270)}))  # better on test, worse on val
+    (tmp_path / "finetune-aid-equal-ijepa-test.json").write_text(json.dumps({
+        "aid-random-10": {**run(0.56, 0.55, 0.004, 6153), "init": "random"}}))  # its own row
+    [(key, cell)] = standing.best_on_val("aid").items()
+    assert key == ("mae-aid", 10.0) and cell["set"] == "-long" and cell["test_accuracy"] == 0.60
