@@ -24,6 +24,8 @@
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe [F]   # EuroSAT val at fraction F (0.1): each init
 #                                             # (INITS, default mae ijepa random:ijepa) at its chosen rate for PASSES (30 120)
 #                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
+#                                             # MIXES picks among plain, mix and fixmatch (FixMatch on the unlabelled
+#                                             # rest of train, training/fixmatch.py: ~4x a plain step's time);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
 #                                             # init's best of them on val (and of the file's earlier points), linked
@@ -255,6 +257,7 @@ PY
                 for mix in ${MIXES:-plain mix}; do
                     sets=(lr="$(rate "$init")" "${extra[@]}")
                     [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
+                    [ "$mix" = fixmatch ] && sets+=(fixmatch=1.0)  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
                     queue run "recipe-$name-$pct-p$passes-$mix" "$data" "$init" "$fraction" "$passes" "${sets[@]}"
                 done
             done

@@ -6,8 +6,8 @@ Each fine-tuned cell is one run, chosen without looking at test: among every kep
 budget (``study/finetune-<dataset>*-test.json``, what ``label_report.py --test`` scored once), on the first label
 draw (the other draws are their own analysis), at the init's rate chosen on val (the files ``finetune.sh`` reads;
 runs at a superseded rate, e.g. the first AID runs at EuroSAT's, drop out), the one with the best val accuracy. Its
-length is in brackets, with "MixUp / CutMix" where the recipe chosen on val (``finetune-recipe*-<percent>.json``)
-mixes. Supervised from scratch at equal *total* compute (``finetune.sh equal``) is its own row, one run per init
+length is in brackets, with "MixUp / CutMix" or "FixMatch" where that is the recipe variant chosen on val
+(``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is its own row, one run per init
 whose total it matches. The frozen row is the best shipped encoder on test per protocol (a summary of reported
 numbers, not a choice), beside the Hellinger colour histogram and the issue's goals.
 """
@@ -60,12 +60,13 @@ def kept_runs(dataset: str) -> list[dict]:
     return runs
 
 
-def mixes(dataset: str, run: dict) -> bool:
-    """Whether the run is a recipe run whose variant chosen on val mixes (MixUp / CutMix)."""
+def variant(dataset: str, run: dict) -> str:
+    """", MixUp / CutMix" or ", FixMatch" where the run is a recipe run whose variant chosen on val is one, else ""."""
     if not run["set"].startswith("-recipe"):
-        return False
+        return ""
     choice = STUDY / f"finetune-recipe{'-aid' if dataset == 'aid' else ''}-{run['percent']:g}.json"
-    return choice.is_file() and json.loads(choice.read_text())["chosen"].get(run["init"], "").endswith("-mix")
+    chosen = json.loads(choice.read_text())["chosen"].get(run["init"], "") if choice.is_file() else ""
+    return {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch"}.get(chosen.rpartition("-")[2], "")
 
 
 def length(run: dict) -> str:
@@ -107,7 +108,7 @@ def table(dataset: str) -> str:
                 continue
             score = f"{100 * run['test_accuracy']:.1f}"
             line.append(f"{f'**{score}**' if run['test_accuracy'] == best[p] else score} "
-                        f"({length(run)}{', MixUp / CutMix' if mixes(dataset, run) else ''})")
+                        f"({length(run)}{variant(dataset, run)})")
         lines.append(f"| {row} | " + " | ".join(line) + " |")
     equal = []
     for p in PERCENTS:

@@ -104,7 +104,9 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
     assert "fine-tuned" in table and f"{100 * accuracy:.1f}" in table
 
 
-@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0}], ids=["plain", "mixup-cutmix"])
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0},
+                                    {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5}],
+                         ids=["plain", "mixup-cutmix", "fixmatch"])
 def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, mixing):
     from training.checkpoint import find_checkpoint, load_weights
     from training.finetune import Finetuner, finetune
@@ -153,6 +155,62 @@ def test_mixup_and_cutmix_train_on_mixed_soft_targets(tiny, tmp_path, monkeypatc
     assert torch.allclose(targets.sum(1), torch.ones(6)) and (targets > 0.1).sum(1).max() >= 2  # two labels mixed
     with pytest.raises(ValueError, match="mixup"):  # a teacher's soft targets are not mixed
         ft.Finetuner(_config(model, mixup=0.8, teacher=str(model)), str(archive), tmp_path / "x")
+
+
+def test_fixmatch_trains_strong_views_towards_the_models_own_confident_labels(tiny, tmp_path):
+    from training.export import export_run
+    from training.finetune import Finetuner
+
+    root, archive, model = tiny
+    few = dict(label_fraction=0.25, label_seed=1, fixmatch=1.0, unlabelled_ratio=2)  # 2 of 8 train images a class
+    trainer = Finetuner(_config(model, fixmatch_threshold=0.0, **few), str(archive), tmp_path / "run")
+    assert trainer.labelled == 6 and len(trainer.targets) == 6 and trainer.unlabelled.shape[0] == 18
+    # a share of the most that label smoothing (0.1, 3 classes) lets the model predict: 0.95 alone would be unreachable
+    assert Finetuner(_config(model, **few), str(archive), tmp_path / "default").threshold == pytest.approx(
+        0.95 * (0.9 + 0.1 / 3))
+    seen = []
+    hook = trainer.model.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    record = trainer.train_step(trainer.images, trainer.targets)
+    hook.remove()
+    assert seen == [12, 6 + 12]  # the pseudo-labelling pass over 2 x 6 weak views, then labelled + strong views
+    assert record["confident"] == 1.0 and record["unlabelled_loss"] > 0 and 0 <= record["pseudo_accuracy"] <= 1
+    assert record["loss"] == pytest.approx(record["labelled_loss"] + record["unlabelled_loss"], rel=1e-5)
+
+    # the unlabelled images' own labels are only logged: shuffled, the step trains exactly the same
+    a = Finetuner(_config(model, **few), str(archive), tmp_path / "a")
+    b = Finetuner(_config(model, **few), str(archive), tmp_path / "b")
+    b.unlabelled_truth = b.unlabelled_truth[torch.randperm(18)]
+    a.train_step(a.images, a.targets), b.train_step(b.images, b.targets)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+    trainer.step = 6
+    trainer.save()
+    card = export_run(tmp_path / "run", tmp_path / "run" / "export")
+    assert card["unlabelled_images"] == 18 and card["labelled_images"] == 6 and card["finetune"]["fixmatch"] == 1.0
+
+    unsure = Finetuner(_config(model, fixmatch_threshold=1.2, **few), str(archive), tmp_path / "unsure")
+    record = unsure.train_step(unsure.images, unsure.targets)
+    assert record["confident"] == 0.0 and record["unlabelled_loss"] == 0.0 and record["pseudo_accuracy"] is None
+
+    with pytest.raises(ValueError, match="nothing unlabelled"):  # every train label read: no rest of train
+        Finetuner(_config(model, fixmatch=1.0), str(archive), tmp_path / "all")
+    with pytest.raises(ValueError, match="pick one"):
+        Finetuner(_config(model, teacher=str(model), **few), str(archive), tmp_path / "both")
+    with pytest.raises(ValueError, match="mixup"):
+        Finetuner(_config(model, mixup=0.8, **few), str(archive), tmp_path / "mixed")
+
+
+def test_fixmatchs_strong_view_distorts_each_image_its_own_way_and_needs_rgb():
+    from training.fixmatch import strong_view
+
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 32, 32).repeat(6, 1, 1, 1)
+    strong = strong_view(images)
+    assert strong.shape == images.shape and 0 <= strong.min() and strong.max() <= 1
+    assert not torch.allclose(strong, images, atol=0.02)
+    assert len({tuple(s.flatten()[:64].tolist()) for s in strong}) > 1  # not one draw for the whole batch
+    with pytest.raises(ValueError, match="fixmatch=0"):
+        strong_view(torch.rand(2, 4, 32, 32))
 
 
 def test_a_student_learns_from_its_teachers_predictions_on_the_unlabelled_images(tiny, tmp_path):

@@ -157,6 +157,11 @@ class FinetuneConfig:
     bf16: bool = True
     teacher: str = ""  # self-training (training/teacher.py): a classifier fine-tuned on the same labelled subset
     teacher_temperature: float = 1.0  # its probabilities softmax(logits / T) are the unlabelled images' targets
+    fixmatch: float = 0.0  # FixMatch (training/fixmatch.py): weight of its loss on the unlabelled rest of train
+    # (Sohn et al. 2020: 1.0); 0 = off
+    fixmatch_threshold: float = 0.95  # a pseudo-label is trained on where the model's confidence reaches this share
+    # of the most label smoothing lets it predict, 1 - e + e / K (FixMatch, without smoothing: 0.95)
+    unlabelled_ratio: int = 2  # unlabelled images per labelled one in a step (FixMatch: 7; at 2 a step takes ~4x)
     model: ModelConfig = field(default_factory=ModelConfig)  # replaced by the init model's architecture
     stats_mean: list[float] = field(default_factory=list)  # replaced by the init model's normalisation
     stats_std: list[float] = field(default_factory=list)

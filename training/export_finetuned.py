@@ -44,6 +44,7 @@ def export_finetuned_run(run_dir: str | Path, out_dir: str | Path, check_images:
         "init": state["init"], "init_kind": state["init_kind"],
         **{k: state[k] for k in ("init_model", "init_method", "init_training_data") if k in state},
         "train_images": state.get("train_images", state["labelled"]), "teacher": config.teacher or None,
+        **({"unlabelled_images": state["unlabelled_images"]} if "unlabelled_images" in state else {}),  # FixMatch's
         "steps": state["step"],
         "epochs": round(state["step"] * config.batch_size / max(1, state.get("train_images", state["labelled"])), 2),
         "checkpoint": "last", "val_accuracy": state.get("best_val"),

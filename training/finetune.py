@@ -7,7 +7,8 @@ random resized crops and flips (plus quarter turns: overhead imagery has no up),
 for runs of minutes (``training.config.FinetuneConfig``). ``--init`` is a shipped model (its timm weights), an
 exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratch, with MODEL's architecture and
 normalisation): the same loop serves the self-supervised inits and the supervised baseline. ``--set teacher=RUN``
-self-trains (``training.teacher``): the other train images join the labelled ones, with RUN's predictions as targets.
+self-trains (``training.teacher``): the other train images join the labelled ones, with RUN's predictions as targets;
+``--set fixmatch=1`` learns from them by consistency instead (``training.fixmatch``).
 
 A run folder holds ``checkpoint/`` (safetensors, atomic; ``--resume`` continues exactly: every draw is seeded by
 the step), ``config.json`` and ``metrics.jsonl`` (loss, lr, images/s; val accuracy ``evaluations`` times).
@@ -19,6 +20,7 @@ import json
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from training.data import band_statistics, open_archive
 from training.distributed import device_name, pick_device
 from training.engine import append_jsonl, truncate_metrics
 from training.feed import epoch_order, preload
+from training.fixmatch import consistency_loss, pseudo_labels, strong_view
 from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
@@ -97,10 +100,21 @@ def build_encoder(config: FinetuneConfig, data_root: str) -> tuple[torch.nn.Modu
     return vit, config, described
 
 
-def train_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor, list[str], int, int]:
-    """The train split as the run sees it, decoded: (images [N, C, S, S], targets, classes, skipped unreadable,
-    labelled images). Targets are the labels [N] of the labelled subset; with a ``teacher``, the labelled subset
-    first and then every other train image, targets [N, K] (one-hot labels, then the teacher's probabilities)."""
+@dataclass
+class TrainSplit:
+    """The train split as a run sees it, decoded (scaled units)."""
+
+    images: torch.Tensor  # [N, C, S, S]: the labelled subset (with a teacher, then every other train image)
+    targets: torch.Tensor  # the labels [N]; with a teacher [N, K]: one-hot labels, then its probabilities
+    classes: list[str]
+    skipped: int  # unreadable files
+    labelled: int
+    unlabelled: torch.Tensor | None = None  # fixmatch: every other train image [U, C, S, S]
+    unlabelled_truth: torch.Tensor | None = None  # their labels [U]: never trained on, only to log pseudo-label accuracy
+
+
+def train_split(data_root: str, config: FinetuneConfig) -> TrainSplit:
+    """The labelled subset of the train split, and with a teacher or fixmatch the rest of it, unlabelled."""
     dataset = open_archive(data_root, "train", image_size=config.model.img_size)
     if not dataset.classes:
         raise ValueError(f"{data_root} has no class labels: fine-tuning needs a labelled train split "
@@ -109,16 +123,20 @@ def train_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, t
     picks = stratified_subset(labels, config.label_fraction, config.label_seed)
     images, y, skipped = preload(torch.utils.data.Subset(dataset, picks.tolist()), desc="labelled train")
     classes = list(dataset.classes)
-    if not config.teacher:
-        return images, y, classes, skipped, len(y)
+    if not (config.teacher or config.fixmatch):
+        return TrainSplit(images, y, classes, skipped, len(y))
     others = np.setdiff1d(np.arange(len(dataset)), picks)
     if len(others) == 0:
-        raise ValueError(f"--set teacher=...: every train image of {data_root} is labelled at label fraction "
-                         f"{config.label_fraction}; a teacher adds nothing")
-    unlabelled, _, skipped_unlabelled = preload(torch.utils.data.Subset(dataset, others.tolist()),
-                                                desc="unlabelled train")
+        uses = "--set teacher=..." if config.teacher else "--set fixmatch=..."
+        raise ValueError(f"{uses}: every train image of {data_root} is labelled at label fraction "
+                         f"{config.label_fraction}; there is nothing unlabelled to learn from")
+    unlabelled, truth, skipped_unlabelled = preload(torch.utils.data.Subset(dataset, others.tolist()),
+                                                    desc="unlabelled train")
+    skipped += skipped_unlabelled
+    if config.fixmatch:
+        return TrainSplit(images, y, classes, skipped, len(y), unlabelled, truth)
     all_images, targets = with_soft_targets(config, images, y, unlabelled, classes)
-    return all_images, targets, classes, skipped + skipped_unlabelled, len(y)
+    return TrainSplit(all_images, targets, classes, skipped, len(y))
 
 
 def val_split(data_root: str, config: FinetuneConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -162,10 +180,15 @@ class Finetuner:
         self.precision = training_precision(config.bf16, self.device)
         vit, self.config, self.init = build_encoder(config, data_root)
         c = self.config
-        if (c.mixup or c.cutmix) and c.teacher:
-            raise ValueError("--set mixup / cutmix with --set teacher=...: mixing the teacher's soft targets is not "
-                             "supported; set mixup=0 cutmix=0, or drop the teacher")
-        self.images, self.targets, self.classes, self.skipped, self.labelled = train_split(data_root, c)
+        if (c.mixup or c.cutmix) and (c.teacher or c.fixmatch):
+            raise ValueError("--set mixup / cutmix with --set teacher=... or fixmatch=...: mixing is not supported "
+                             "beside the unlabelled images' targets; set mixup=0 cutmix=0, or drop the other")
+        if c.teacher and c.fixmatch:
+            raise ValueError("--set teacher=... and fixmatch=...: two ways of using the unlabelled images; pick one")
+        split = train_split(data_root, c)
+        self.images, self.targets, self.classes, self.skipped, self.labelled = (
+            split.images, split.targets, split.classes, split.skipped, split.labelled)
+        self.unlabelled, self.unlabelled_truth = split.unlabelled, split.unlabelled_truth
         self.val = val_split(data_root, c)
         torch.manual_seed(c.seed)  # the head's initial weights are a function of the config alone
         vit.reset_classifier(len(self.classes))
@@ -178,6 +201,9 @@ class Finetuner:
         self.mixer = self._mixer()
         if self.mixer is not None:
             self.batch_size -= self.batch_size % 2  # a batch is mixed with itself reversed: pairs
+        # label smoothing caps what the model learns to predict at 1 - e + e / K (0.91 for 10 classes at 0.1):
+        # FixMatch's threshold is a share of that cap, or no pseudo-label would ever pass 0.95
+        self.threshold = c.fixmatch_threshold * (1 - c.label_smoothing + c.label_smoothing / len(self.classes))
         self.steps_per_epoch = len(self.targets) // self.batch_size
         self.total = max(c.epochs * self.steps_per_epoch, c.min_steps)
         self.peak_lr = c.lr * self.batch_size / 256
@@ -192,6 +218,9 @@ class Finetuner:
             self.best_val = state.get("best_val")
             log.info("resumed from %s at step %d", checkpoint, self.step)
         taught = f" + {len(self.targets) - self.labelled} taught by {c.teacher}" if c.teacher else ""
+        if self.unlabelled is not None:
+            taught = (f" + {len(self.unlabelled)} unlabelled (FixMatch: {c.unlabelled_ratio} per labelled image a step, "
+                      f"threshold {self.threshold:.3f}, weight {c.fixmatch})")
         log.info("fine-tuning %s on %d labelled images (%s of train, %d classes)%s, %d steps of %d, %s on %s",
                  c.init, self.labelled, f"{100 * c.label_fraction:g}%", len(self.classes), taught, self.total,
                  self.batch_size, self.precision, self.device)
@@ -220,11 +249,9 @@ class Finetuner:
         """One AdamW step on a raw batch [b, C, S, S] (scaled units) with labels [b] or soft targets [b, K]."""
         c = self.config
         gen = step_generator(c.seed, self.step, 0)
-        torch.manual_seed(c.seed * 1_000_003 + self.step)  # stochastic depth draws from the global generator
-        x = random_resized_crop(images.to(self.device), c.model.img_size, c.crop_scale, gen, hflip=c.hflip)
-        if c.rot90:
-            x = quarter_turns(x, gen)
-        x = normalize(x, self.mean, self.std)
+        # stochastic depth and the strong views (FixMatch) draw from the global generator
+        torch.manual_seed(c.seed * 1_000_003 + self.step)
+        x = normalize(self.weak_view(images, gen), self.mean, self.std)
         targets, smoothing = targets.to(self.device), c.label_smoothing
         if self.mixer is not None:
             np.random.seed((c.seed * 1_000_003 + self.step) % 2**32)  # timm draws from numpy's global generator
@@ -233,17 +260,40 @@ class Finetuner:
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+        record: dict[str, float] = {"lr": lr}
+        labelled = len(x)
+        if self.unlabelled is not None:  # FixMatch: the strong views join the batch, towards confident pseudo-labels
+            picked = torch.randperm(len(self.unlabelled), generator=gen)[: c.unlabelled_ratio * labelled]
+            weak = self.weak_view(self.unlabelled[picked], gen)
+            pseudo, confident = pseudo_labels(self.model, normalize(weak, self.mean, self.std), self.threshold,
+                                              self.precision, self.device)
+            strong = normalize(strong_view(weak.cpu()).to(self.device), self.mean, self.std)
+            x = torch.cat([x, strong])
+            right = (pseudo.cpu() == self.unlabelled_truth[picked])[confident.cpu()]  # logged, never trained on
+            record.update(confident=round(confident.float().mean().item(), 4),
+                          pseudo_accuracy=round(right.float().mean().item(), 4) if len(right) else None)
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+        loss = F.cross_entropy(logits[:labelled].float(), targets, label_smoothing=smoothing)
+        if self.unlabelled is not None:
+            unlabelled_loss = consistency_loss(logits[labelled:], pseudo, confident)
+            record.update(labelled_loss=loss.item(), unlabelled_loss=unlabelled_loss.item())
+            loss = loss + c.fixmatch * unlabelled_loss
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step} (lr {lr:.2e}): fine-tuning "
                                      "stopped. Lower --set lr=..., or resume from the last checkpoint")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "lr": lr}
+        return {"loss": loss.item(), **record}
+
+    def weak_view(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """images [b, C, H, W] -> [b, C, S, S] on the device, scaled units: a random resized crop, a left-right flip
+        and a quarter turn (as configured): the labelled images' augmentation, and FixMatch's weak view."""
+        c = self.config
+        x = random_resized_crop(images.to(self.device), c.model.img_size, c.crop_scale, gen, hflip=c.hflip)
+        return quarter_turns(x, gen) if c.rot90 else x
 
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
@@ -261,6 +311,7 @@ class Finetuner:
         state = {"step": self.step, "total_steps": self.total, "train_seconds": self.train_seconds,
                  "best_val": self.best_val, "config": self.config.to_dict(), "classes": self.classes,
                  "labelled": self.labelled, "train_images": len(self.targets), "skipped": self.skipped,
+                 **({"unlabelled_images": len(self.unlabelled)} if self.unlabelled is not None else {}),
                  "data_root": self.data_root, "precision": self.precision, "device": device_name(self.device), **self.init}
         save_checkpoint(self.out_dir, self.model, self.optimizer, state)
 

@@ -1,0 +1,50 @@
+"""FixMatch (Sohn et al., NeurIPS 2020): consistency on the unlabelled rest of train, for the few-label fine-tunes.
+
+Each step draws ``unlabelled_ratio`` × batch images from the train images the run may not read the labels of. The
+model, in eval mode and without gradients, labels a weakly augmented view of each (the labelled images' crop, flip
+and quarter turns); where its confidence reaches ``fixmatch_threshold`` (FixMatch: 0.95; as a share of the most
+that label smoothing lets a model predict, 1 - e + e / K, which is 0.91 for 10 classes at e = 0.1, so that a
+smoothed model can pass it at all), a strongly augmented view of the same crop
+(torchvision's RandAugment, 2 ops at magnitude 9, then a cutout with RandomErasing, as FixMatch's RA variant) is
+trained towards that hard pseudo-label, the loss weighted by ``fixmatch``. Self-training (``training.teacher``)
+labels the unlabelled images once, with a separate teacher; FixMatch relabels them every step with the model being
+trained and asks for the same answer under a far stronger distortion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from training.precision import autocast
+
+# per image: each draws its own two ops and its own cutout (a batched call would give the whole batch the same)
+STRONG = v2.Compose([v2.RandAugment(num_ops=2, magnitude=9), v2.RandomErasing(p=1.0, scale=(0.02, 0.25), value=127)])
+
+
+def strong_view(images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, S, S] in scaled units -> the same, strongly augmented (draws from torch's global generator)."""
+    if images.shape[1] != 3:
+        raise ValueError(f"fixmatch: its strong augmentation (RandAugment) needs RGB images, these have "
+                         f"{images.shape[1]} bands; set fixmatch=0 for this archive")
+    as_bytes = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return torch.stack([STRONG(image) for image in as_bytes]).float() / 255
+
+
+@torch.no_grad()
+def pseudo_labels(model: torch.nn.Module, weak: torch.Tensor, threshold: float, precision: str,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's hard labels [U] for the normalised weak views [U, C, S, S], and where its confidence reaches
+    ``threshold`` [U] (bool): only those are trained on."""
+    model.eval()
+    with autocast(precision, device):
+        probabilities = model(weak).float().softmax(dim=1)
+    confidence, labels = probabilities.max(dim=1)
+    return labels, confidence >= threshold
+
+
+def consistency_loss(logits: torch.Tensor, labels: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
+    """FixMatch's unlabelled loss: cross-entropy of the strong views' logits [U, K] against the pseudo-labels [U],
+    averaged over all U (not only the confident ones), so that it grows as the model grows confident."""
+    return (F.cross_entropy(logits.float(), labels, reduction="none") * confident).mean()
