@@ -267,6 +267,7 @@ def test_the_whole_loop_in_a_browser(loop_app, tmp_path):
             page.get_by_text("Loaded session-file.json: 1 example(s), 2 ✓, 1 ✗.").first.wait_for()
 
             # A place: the archive tile there becomes the query.
+            shown = page.evaluate("() => +(document.getElementById('leaflet-map').dataset.shown || 0)")
             page.locator("#place textarea, #place input").first.fill("47.03, -99.15")
             page.locator("#search-place").click()
             page.wait_for_function("() => document.querySelector('#marks').innerText.includes('Examples** (1)') || "
@@ -275,6 +276,12 @@ def test_the_whole_loop_in_a_browser(loop_app, tmp_path):
             assert "naip-2020_" in page.locator("#marks").inner_text()
 
             # A click on the map: the tile there becomes the query (its place filled in, the galleries redrawn).
+            # First the map must show this search and have settled (on a loaded machine it lags the galleries).
+            page.wait_for_function(f"""() => {{
+                const map = document.getElementById('leaflet-map');
+                if (+(map.dataset.shown || 0) <= {shown}) return false;
+                const [west, south, east, north] = map.dataset.view.split(',').map(Number);
+                return west < -99.15 && -99.15 < east && south < 47.03 && 47.03 < north; }}""")
             page.locator("#leaflet-map").scroll_into_view_if_needed()
             map_box = page.locator("#leaflet-map").bounding_box()
             page.mouse.click(map_box["x"] + map_box["width"] * 0.62, map_box["y"] + map_box["height"] * 0.55)

@@ -142,14 +142,19 @@
         layer.addTo(layers.tiles);
       }
     }
-    document.getElementById("leaflet-map").dataset.features = String(features.length);
-    document.getElementById("leaflet-map").dataset.results = String(scored.length);
+    const el = document.getElementById("leaflet-map");
+    el.dataset.features = String(features.length);
+    el.dataset.results = String(scored.length);
     if (bounds.length) {
       let all = bounds[0];
       for (const b of bounds.slice(1)) all = all.extend(b);
-      map.fitBounds(all.pad(0.3), { maxZoom: 14 });
+      map.fitBounds(all.pad(0.3), { maxZoom: 14, animate: false });
     }
-    setTimeout(() => map.invalidateSize(), 0);
+    setTimeout(() => {
+      map.invalidateSize({ animate: false });
+      el.dataset.view = map.getBounds().toBBoxString();  // west,south,east,north: what a click now lands on
+      el.dataset.shown = String(+(el.dataset.shown || 0) + 1);
+    }, 0);
   }
 
   window.satjepaMap = { show: show };
