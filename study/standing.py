@@ -7,8 +7,8 @@ budget (``study/finetune-<dataset>*-test.json``, what ``label_report.py --test``
 draw (the other draws are their own analysis), at the init's rate chosen on val (the files ``finetune.sh`` reads;
 runs at a superseded rate, e.g. the first AID runs at EuroSAT's, drop out), the one with the best val accuracy. Its
 length is in brackets, with "MixUp / CutMix" or "FixMatch" where that is the recipe variant chosen on val
-(``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is its own row, one run per init
-whose total it matches. The frozen row is the best shipped encoder on test per protocol (a summary of reported
+(``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is
+its own row, one run per init whose total it matches. The frozen row is the best shipped encoder on test per protocol (a summary of reported
 numbers, not a choice), beside the Hellinger colour histogram and the issue's goals.
 """
 
