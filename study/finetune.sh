@@ -26,7 +26,8 @@
 #                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
 #                                             # MIXES picks among plain, mix and fixmatch (FixMatch on the unlabelled
 #                                             # rest of train, training/fixmatch.py: ~4x a plain step's time);
-#                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid)
+#                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
+#                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
 #                                             # init's best of them on val (and of the file's earlier points), linked
 #                                             # as RUNS/<dataset>-<init>-<F%> where its run is in RUNS, for
@@ -258,7 +259,9 @@ PY
                     sets=(lr="$(rate "$init")" "${extra[@]}")
                     [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
                     [ "$mix" = fixmatch ] && sets+=(fixmatch=1.0)  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
-                    queue run "recipe-$name-$pct-p$passes-$mix" "$data" "$init" "$fraction" "$passes" "${sets[@]}"
+                    [ -n "${RESOLUTION:-}" ] && sets+=(resolution="$RESOLUTION")  # pixels; the init's when unset
+                    queue run "recipe-$name-$pct-p$passes-$mix${RESOLUTION:+-r$RESOLUTION}" "$data" "$init" \
+                        "$fraction" "$passes" "${sets[@]}"
                 done
             done
         done ;;
@@ -274,7 +277,7 @@ out = Path(f"study/finetune-recipe-{pct}.json" if dataset == "eurosat" else f"st
 found = json.loads(out.read_text())["val_accuracy"] if out.is_file() else {}
 for run in sorted(runs.glob(f"recipe-*-{pct}-p*")):
     if run.is_dir() and exported(run):  # an unfinished run is not a candidate
-        init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+)$", run.name).groups()
+        init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+(?:-r\d+)?)$", run.name).groups()
         found.setdefault(init, {})[variant] = final_val(run)
 chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
 for init, variant in chosen.items():

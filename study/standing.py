@@ -61,12 +61,17 @@ def kept_runs(dataset: str) -> list[dict]:
 
 
 def variant(dataset: str, run: dict) -> str:
-    """", MixUp / CutMix" or ", FixMatch" where the run is a recipe run whose variant chosen on val is one, else ""."""
+    """", MixUp / CutMix", ", FixMatch" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
+    val is one, else ""."""
     if not run["set"].startswith("-recipe"):
         return ""
     choice = STUDY / f"finetune-recipe{'-aid' if dataset == 'aid' else ''}-{run['percent']:g}.json"
     chosen = json.loads(choice.read_text())["chosen"].get(run["init"], "") if choice.is_file() else ""
-    return {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch"}.get(chosen.rpartition("-")[2], "")
+    if not chosen:
+        return ""
+    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch>[-r<pixels>]" (study/finetune.sh)
+    mixing = {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch"}.get(mix, "")
+    return mixing + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
 
 def length(run: dict) -> str:

@@ -238,6 +238,32 @@ def test_a_student_learns_from_its_teachers_predictions_on_the_unlabelled_images
         Finetuner(_config(model, teacher=str(model), **few), str(archive), tmp_path / "y")
 
 
+def test_finetuning_at_a_higher_resolution_resamples_the_positions_and_exports_at_that_size(tiny, tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    from training.export import export_run
+    from training.finetune import build_encoder, finetune
+    from training.weights import timm_encoder
+
+    root, archive, model = tiny
+    card = json.loads((model / "model_card.json").read_text())
+    patch, native = card["model"]["patch_size"], card["model"]["img_size"]
+    size = 2 * native
+    vit, config, _ = build_encoder(_config(model, resolution=size), str(archive))
+    assert config.model.img_size == size and vit.patch_embed.grid_size == (size // patch,) * 2
+    native_positions = timm_encoder(model).pos_embed  # [1, (native / patch)^2, D]
+    resampled = resample_abs_pos_embed(native_positions, new_size=[size // patch] * 2, num_prefix_tokens=0)
+    assert torch.allclose(vit.pos_embed, resampled) and not vit.pos_embed.requires_grad
+    finetune(_config(model, resolution=size), str(archive), tmp_path / "run")
+    exported = export_run(tmp_path / "run", tmp_path / "export")
+    assert exported["input_size"] == size and exported["finetune"]["resolution"] == size
+    assert exported["parity"]["max_abs_diff"] <= 1e-4  # the ONNX graph runs at the new size, as PyTorch did
+    logits = ExportedEncoder(tmp_path / "export").logits(torch.rand(2, 3, native, native))  # resized on the way in
+    assert logits.shape == (2, 3)
+    with pytest.raises(ValueError, match=f"multiple of {patch}"):
+        build_encoder(_config(model, resolution=size + 1), str(archive))
+
+
 def test_supervised_from_scratch_takes_the_named_models_architecture(tiny, tmp_path):
     from training.finetune import build_encoder
 

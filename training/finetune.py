@@ -96,8 +96,24 @@ def build_encoder(config: FinetuneConfig, data_root: str) -> tuple[torch.nn.Modu
             dataset = open_archive(data_root, "train", image_size=config.model.img_size)
             mean, std = band_statistics(dataset, seed=config.seed)
             config = apply_overrides(config, {"stats_mean": list(mean), "stats_std": list(std)})
+    vit, config = at_resolution(vit, config)
     vit.pos_embed.requires_grad_(False)  # fixed sin-cos positions, as in pretraining
     return vit, config, described
+
+
+def at_resolution(vit: torch.nn.Module, config: FinetuneConfig) -> tuple[torch.nn.Module, FinetuneConfig]:
+    """The encoder and config at ``config.resolution`` pixels: the same patch size on a larger (or smaller) grid,
+    its position embeddings resampled bicubically by timm (``set_input_size``). Images are then read, cropped,
+    evaluated and exported at that size."""
+    size, model = config.resolution, config.model
+    if not size or size == model.img_size:
+        return vit, config
+    if size % model.patch_size:
+        nearest = model.patch_size * max(1, round(size / model.patch_size))
+        raise ValueError(f"--set resolution={size}: the init's patches are {model.patch_size} pixels, so the size "
+                         f"must be a multiple of {model.patch_size} (e.g. {nearest})")
+    vit.set_input_size(img_size=(size, size))
+    return vit, apply_overrides(config, {"model": {"img_size": size}})
 
 
 @dataclass
