@@ -37,7 +37,7 @@ RATE_FILES = {"eurosat": ("finetune-sweep.json", "finetune-sweep-paper.json"),
               "aid": ("finetune-sweep-aid.json", "finetune-sweep-aid-scratch.json")}
 NOT_SWEPT = {("aid", "ijepa-paper"): 0.008}  # finetune.sh paper on AID: the AID inits' rate, not re-derived
 EQUAL_TO = {"": "MAE's total, the largest", "-paper": "the paper's I-JEPA's total",
-            "-ijepa": "the tuned I-JEPA's total"}  # finetune-<dataset>-equal<suffix>-test.json: whose total
+            "-ijepa": "the tuned I-JEPA's total", "-mae": "MAE's total"}  # finetune-<dataset>-equal<suffix>-test.json: whose total
 BASELINES = {"random-init", "raw-pixels", "colour-histogram", "colour-histogram-hellinger"}
 KEPT = re.compile(r"finetune-(?P<dataset>eurosat|aid)(?P<set>.*)-test\.json$")
 
