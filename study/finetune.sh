@@ -24,8 +24,9 @@
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe [F]   # EuroSAT val at fraction F (0.1): each init
 #                                             # (INITS, default mae ijepa random:ijepa) at its chosen rate for PASSES (30 120)
 #                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
-#                                             # MIXES picks among plain, mix and fixmatch (FixMatch on the unlabelled
-#                                             # rest of train, training/fixmatch.py: ~4x a plain step's time);
+#                                             # MIXES picks among plain, mix, fixmatch (FixMatch on the unlabelled
+#                                             # rest of train, training/fixmatch.py: ~4x a plain step's time) and
+#                                             # lpft (the head starts as the frozen init's linear probe, LP-FT);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
@@ -259,6 +260,7 @@ PY
                     sets=(lr="$(rate "$init")" "${extra[@]}")
                     [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
                     [ "$mix" = fixmatch ] && sets+=(fixmatch=1.0)  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
+                    [ "$mix" = lpft ] && sets+=(probe_head=true)  # LP-FT: the head starts as the frozen init's probe
                     [ -n "${RESOLUTION:-}" ] && sets+=(resolution="$RESOLUTION")  # pixels; the init's when unset
                     queue run "recipe-$name-$pct-p$passes-$mix${RESOLUTION:+-r$RESOLUTION}" "$data" "$init" \
                         "$fraction" "$passes" "${sets[@]}"

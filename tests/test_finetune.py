@@ -105,8 +105,9 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
 
 
 @pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0},
-                                    {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5}],
-                         ids=["plain", "mixup-cutmix", "fixmatch"])
+                                    {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5},
+                                    {"probe_head": True}],
+                         ids=["plain", "mixup-cutmix", "fixmatch", "probe-head"])
 def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, mixing):
     from training.checkpoint import find_checkpoint, load_weights
     from training.finetune import Finetuner, finetune
@@ -236,6 +237,28 @@ def test_a_student_learns_from_its_teachers_predictions_on_the_unlabelled_images
         Finetuner(_config(model, teacher=str(tmp_path / "teacher"), label_fraction=0.25), str(archive), tmp_path / "x")
     with pytest.raises(ValueError, match="task: classification"):  # an encoder has no predictions to teach
         Finetuner(_config(model, teacher=str(model), **few), str(archive), tmp_path / "y")
+
+
+def test_lp_ft_starts_the_head_as_the_frozen_inits_linear_probe(tiny, tmp_path):
+    from indexing.probe import fit_linear_probe
+    from training.finetune import Finetuner
+    from training.probe_head import fit_probe_head, head_inputs
+
+    root, archive, model = tiny
+    run = Finetuner(_config(model, probe_head=True), str(archive), tmp_path / "lp-ft")
+    features = head_inputs(run.model, run.images, run.config.model.img_size, run.mean, run.std, run.precision,
+                           run.device)  # [N, D]
+    probe = fit_linear_probe(features.numpy(), run.targets.numpy(), np.empty((0, features.shape[1])), np.empty(0),
+                             grid=(1.0,))
+    expected = ((features.numpy() - probe["mean"]) / probe["scale"]) @ probe["weight"].T + probe["bias"]  # [N, K]
+    with torch.no_grad():
+        logits = run.model.head(features).numpy()
+    assert np.abs(logits - expected).max() < 1e-3 * np.abs(expected).max()
+    assert (logits.argmax(1) == run.targets.numpy()).mean() > 0.5  # colour-coded classes: the probe separates them
+    plain = Finetuner(_config(model), str(archive), tmp_path / "plain")
+    assert plain.model.head.weight.abs().max() < 1e-3  # without it the head starts near zero (MAE's recipe)
+    with pytest.raises(ValueError, match=r"classes \[1, 2\] have no labelled image"):
+        fit_probe_head(run.model, features, torch.zeros(len(features), dtype=torch.long))
 
 
 def test_finetuning_at_a_higher_resolution_resamples_the_positions_and_exports_at_that_size(tiny, tmp_path):

@@ -162,6 +162,8 @@ class FinetuneConfig:
     fixmatch_threshold: float = 0.95  # a pseudo-label is trained on where the model's confidence reaches this share
     # of the most label smoothing lets it predict, 1 - e + e / K (FixMatch, without smoothing: 0.95)
     unlabelled_ratio: int = 2  # unlabelled images per labelled one in a step (FixMatch: 7; at 2 a step takes ~4x)
+    probe_head: bool = False  # LP-FT (Kumar et al. 2022; training/probe_head.py): the head starts as the frozen init's
+    # linear probe (C = 1, standardised features) on the labelled images, not near zero
     resolution: int = 0  # input size in pixels to fine-tune and classify at (0 = the init's); the init's position
     # embeddings are resampled to the new patch grid, as when the MAE / DeiT recipes fine-tune at a higher resolution
     model: ModelConfig = field(default_factory=ModelConfig)  # replaced by the init model's architecture

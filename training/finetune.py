@@ -41,6 +41,7 @@ from training.fixmatch import consistency_loss, pseudo_labels, strong_view
 from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
+from training.probe_head import fit_probe_head, head_inputs
 from training.subsets import stratified_subset
 from training.teacher import with_soft_targets
 
@@ -228,6 +229,8 @@ class Finetuner:
         self.mean = torch.tensor(c.stats_mean, device=self.device)
         self.std = torch.tensor(c.stats_std, device=self.device)
         self.step, self.train_seconds, self.best_val = 0, 0.0, None
+        if c.probe_head and checkpoint is None:  # a resumed run's head is in its checkpoint
+            self._fit_probe_head()
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer)
             self.step, self.train_seconds = state["step"], state["train_seconds"]
@@ -240,6 +243,15 @@ class Finetuner:
         log.info("fine-tuning %s on %d labelled images (%s of train, %d classes)%s, %d steps of %d, %s on %s",
                  c.init, self.labelled, f"{100 * c.label_fraction:g}%", len(self.classes), taught, self.total,
                  self.batch_size, self.precision, self.device)
+
+    def _fit_probe_head(self) -> None:
+        """LP-FT: the head set to the frozen init's linear probe on the labelled images (training/probe_head.py)."""
+        labels = self.targets[: self.labelled]
+        labels = labels.argmax(1) if labels.ndim == 2 else labels  # a teacher's split holds one-hot labels first
+        features = head_inputs(self.model, self.images[: self.labelled], self.config.model.img_size, self.mean,
+                               self.std, self.precision, self.device)  # [labelled, D]
+        fit_probe_head(self.model, features, labels)
+        log.info("head: the frozen init's linear probe on %d labelled images (LP-FT)", self.labelled)
 
     def _mixer(self):
         """timm's MixUp / CutMix (soft targets, label smoothing folded in), or None when both are off."""
