@@ -61,7 +61,7 @@ def kept_runs(dataset: str) -> list[dict]:
 
 
 def variant(dataset: str, run: dict) -> str:
-    """", MixUp / CutMix", ", FixMatch" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
+    """", MixUp / CutMix", ", FixMatch", ", LP-FT" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
     val is one, else ""."""
     if not run["set"].startswith("-recipe"):
         return ""
@@ -69,8 +69,8 @@ def variant(dataset: str, run: dict) -> str:
     chosen = json.loads(choice.read_text())["chosen"].get(run["init"], "") if choice.is_file() else ""
     if not chosen:
         return ""
-    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch>[-r<pixels>]" (study/finetune.sh)
-    mixing = {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch"}.get(mix, "")
+    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft>[-r<pixels>]" (study/finetune.sh)
+    mixing = {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch", "lpft": ", LP-FT"}.get(mix, "")
     return mixing + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
 
