@@ -14,7 +14,8 @@
 #   bash study/finetune.sh scratch-aid        # supervised from scratch: its own rate on AID val at 10 %, then 100 %, 1 %
 #                                             # (-> study/finetune-sweep-aid-scratch.json)
 #   RUNS=runs/finetune-seeds bash study/finetune.sh seeds [F]   # every EuroSAT init at fraction F (0.01) for
-#                                             # three label draws: mean ± sd of the fine-tuned rows
+#                                             # three label draws: mean ± sd of the fine-tuned rows (DATASET=aid,
+#                                             # PASSES, MIX=lpft, INITS, SEEDS: which runs, as in the mode below)
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone;
 #                                             # DATASET=aid on AID, EQUAL_TO=<init> for one init's total (default MAE's)
@@ -218,14 +219,17 @@ PY
         ln -sfn "sweep-aid-random-10-lr$best" "$runs/aid-random-10"
         queue run aid-random-100 "$data" "random:$like" 1 "$(epochs_for 1)" lr="$best" "${extra[@]}"
         queue run aid-random-1 "$data" "random:$like" 0.01 30 lr="$best" "${extra[@]}" ;;
-    seeds)  # the EuroSAT inits (INITS, default ijepa mae random:ijepa) at fraction F (default 0.01) for label
+    seeds)  # each init (INITS, default the dataset's inits and scratch) at fraction F (default 0.01) for label
         # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
-        # sd), as the frozen rows have
-        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset eurosat
+        # sd), as the frozen rows have. DATASET=aid on AID; PASSES=<n> for n passes instead of the 30-pass length
+        # (runs named -p<n>); MIX=lpft starts the head as the frozen init's probe (runs named -lpft)
+        fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset "${DATASET:-eurosat}"
         for seed in ${SEEDS:-0 1 2}; do
-            for init in ${INITS:-ijepa mae random:ijepa}; do
-                queue run "eurosat-${init%:*}-$pct-seed$seed" "$data" "$init" "$fraction" "$(epochs_for "$fraction")" \
-                    lr="$(rate "$init")" label_seed="$seed" seed="$seed"
+            for init in ${INITS:-${pretrained[*]} random:$like}; do
+                sets=(lr="$(rate "$init")" "${extra[@]}" label_seed="$seed" seed="$seed")
+                [ "${MIX:-}" = lpft ] && sets+=(probe_head=true)
+                queue run "$dataset-${init%:*}-$pct${PASSES:+-p$PASSES}${MIX:+-$MIX}-seed$seed" "$data" "$init" \
+                    "$fraction" "${PASSES:-$(epochs_for "$fraction")}" "${sets[@]}"
             done
         done ;;
     equal)  # supervised from scratch at 10 % of EuroSAT's labels for as many FLOPs as pretraining + fine-tuning

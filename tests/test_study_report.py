@@ -91,7 +91,8 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
     eurosat = json.loads((REPORT.parent / "finetune-sweep.json").read_text())["chosen_lr"]
     assert scratch != eurosat["random"]  # else the test could not tell the two apart
     for runs in (queued_runs(tmp_path, "aid", "0.1"),
-                 queued_runs(tmp_path, "recipe", "0.1", DATASET="aid", PASSES="30", MIXES="plain")):
+                 queued_runs(tmp_path, "recipe", "0.1", DATASET="aid", PASSES="30", MIXES="plain"),
+                 queued_runs(tmp_path, "seeds", "0.1", DATASET="aid", SEEDS="1")):
         inits = {name: line for name, line in runs.items() if "random" not in name}
         [scratch_line] = [line for name, line in runs.items() if "random" in name]
         assert f"--set lr={scratch} " in scratch_line and "--init random:mae-aid" in scratch_line
@@ -100,6 +101,14 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
         for line in inits.values():
             init = line.split("--init ")[1].split()[0]
             assert f"--set lr={aid[init]} " in line and "--data ../shared/data/aid" in line
+    # label draws: each run trained on its draw and seeded by it, LP-FT's head where asked, in its own named run
+    draws = queued_runs(tmp_path, "seeds", "0.1", DATASET="aid", INITS="mae-aid", PASSES="120", MIX="lpft",
+                        SEEDS="1 2")
+    assert sorted(draws) == ["aid-mae-aid-10-p120-lpft-seed1", "aid-mae-aid-10-p120-lpft-seed2"]
+    assert all(f"--set label_seed={s} --set seed={s} --set probe_head=true" in draws[f"aid-mae-aid-10-p120-lpft-seed{s}"]
+               and "--epochs 120 " in draws[f"aid-mae-aid-10-p120-lpft-seed{s}"] for s in (1, 2))
+    assert sorted(queued_runs(tmp_path, "seeds", "0.01", SEEDS="0")) == [  # EuroSAT's names, as its runs were kept
+        "eurosat-ijepa-1-seed0", "eurosat-mae-1-seed0", "eurosat-random-1-seed0"]
     # RATES_FROM=eurosat: the first AID runs', EuroSAT's rates for all
     first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
     assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
