@@ -33,7 +33,9 @@ ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": R
 # a fine-tuning init -> the names of its frozen rows (EuroSAT, AID), for one colour per model
 FROZEN_ROWS = {"ijepa-paper": ("ijepa-150", "ijepa-150-aid-whiten")}
 SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
-RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(-seed(?P<seed>\d+))?$")
+# <dataset>-<init>-<percent>[-p<passes>][-lpft][-seed<draw>]: the names finetune.sh gives (seeds: PASSES, MIX=lpft)
+RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?P<recipe>(-p\d+)?(-lpft)?)"
+                      r"(-seed(?P<seed>\d+))?$")
 
 
 def core_minutes(metrics: Path) -> float:
@@ -45,6 +47,23 @@ def core_minutes(metrics: Path) -> float:
     return max(r["core_minutes"] for r in losses)
 
 
+def exported_runs(dataset: str, runs: Path) -> dict[str, tuple[Path, re.Match, dict]]:
+    """The finished runs of ``runs`` (run name -> folder, parsed name, model card), one per label draw (init, labels
+    per class, draw): two runs of one draw (e.g. plain and LP-FT) would count as two samples of its spread."""
+    found, seen = {}, {}
+    for run in sorted(runs.glob(f"{dataset}-*")):
+        match, card_path = RUN_NAME.match(run.name), run / "export" / "model_card.json"
+        if match is None or not card_path.is_file():
+            continue
+        card = json.loads(card_path.read_text())
+        draw = match["init"], card["labelled_images"], card.get("label_seed", 0)
+        if draw in seen:
+            raise SystemExit(f"{runs}: {seen[draw]} and {run.name} fine-tuned the same label draw; keep one of them "
+                             "in this folder (link the chosen run into a folder of its own) and run again")
+        seen[draw], found[run.name] = run.name, (run, match, card)
+    return found
+
+
 def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
     """Test accuracy of every finished run's exported classifier (its own head), with its provenance."""
     import torch
@@ -52,12 +71,10 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
     from training.data import open_archive
     from training.encoder import ExportedEncoder
 
+    finished = exported_runs(dataset, runs)
     test = open_archive(ARCHIVES[dataset], "test")
     scored = {}
-    for run in sorted(runs.glob(f"{dataset}-*")):
-        match, card_path = RUN_NAME.match(run.name), run / "export" / "model_card.json"
-        if match is None or not card_path.is_file():
-            continue
+    for name, (run, match, card) in finished.items():
         encoder = ExportedEncoder(run / "export")
         correct = total = 0
         for start in range(0, len(test), 256):
@@ -65,16 +82,15 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
             logits = encoder.logits(torch.stack([s["image"] for s in batch]))
             correct += int((logits.argmax(1) == np.array([s["label"] for s in batch])).sum())
             total += len(batch)
-        card = encoder.card
-        scored[run.name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": correct / total,
-                            "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
-                            "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
-                            "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
-                            "device": card.get("training_device"), "precision": card.get("training_precision"),
-                            "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0),
-                            **({"teacher": card["teacher"], "train_images": card["train_images"]}
-                               if card.get("teacher") else {})}
-        print(f"{run.name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
+        scored[name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": correct / total,
+                        "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
+                        "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
+                        "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
+                        "device": card.get("training_device"), "precision": card.get("training_precision"),
+                        "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0),
+                        **({"teacher": card["teacher"], "train_images": card["train_images"]}
+                           if card.get("teacher") else {})}
+        print(f"{name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
     return scored
 
 

@@ -58,6 +58,30 @@ def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it
     assert [(p["per_class"], p["runs"]) for p in points] == [(16.2, 2), (162.0, 1)]
 
 
+def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_draw(tmp_path):
+    """study/label_report.py reads the seeds mode's names (-p<passes>, -lpft, -seed<draw>) as their init and
+    fraction, and refuses a folder holding two runs of one label draw before it scores anything."""
+    label_report = study_module(REPORT.parent / "label_report.py")
+    names = {"aid-mae-aid-10-p120-lpft-seed1": ("mae-aid", "10", "1"), "eurosat-mae-1-seed0": ("mae", "1", "0"),
+             "aid-random-10": ("random", "10", None), "eurosat-mae-self-t2-1": ("mae-self-t2", "1", None)}
+    for name, (init, percent, seed) in names.items():
+        match = label_report.RUN_NAME.match(name)
+        assert (match["init"], match["percent"], match["seed"]) == (init, percent, seed)
+
+    def finished(name: str, label_seed: int) -> None:
+        (tmp_path / name / "export").mkdir(parents=True)
+        card = {"labelled_images": 600, "classes": ["a"] * 30, "label_seed": label_seed}
+        (tmp_path / name / "export" / "model_card.json").write_text(json.dumps(card))
+
+    finished("aid-mae-aid-10-p120-lpft-seed1", 1)
+    finished("aid-mae-aid-10-p120-lpft-seed2", 2)
+    assert sorted(label_report.exported_runs("aid", tmp_path)) == ["aid-mae-aid-10-p120-lpft-seed1",
+                                                                    "aid-mae-aid-10-p120-lpft-seed2"]
+    finished("aid-mae-aid-10-seed1", 1)  # the plain run of draw 1 beside its LP-FT run
+    with pytest.raises(SystemExit, match="aid-mae-aid-10-p120-lpft-seed1 and aid-mae-aid-10-seed1 .*same label draw"):
+        label_report.exported_runs("aid", tmp_path)
+
+
 def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(tmp_path):
     """study/finetune_runs.py, what finetune.sh's choosing modes read: the run's end, not its best point."""
     finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
