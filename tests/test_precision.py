@@ -73,3 +73,17 @@ def test_run_records_its_precision(tmp_path):
     assert records and all(r["precision"] == FP32 for r in records if "loss" in r)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["precision"] == FP32
+
+
+def test_the_benchmark_runs_without_native_bf16_and_says_its_bf16_peak_is_emulated(monkeypatch):
+    """`python -m training bench` on a CPU without native bf16 (a 2-core AMD EPYC with AVX2 only crashed it):
+    the fp32 peak for MFU, and the bf16 peak measured small and said to be emulated."""
+    from training import bench
+
+    monkeypatch.setattr(bench, "native_bf16", lambda device: False)
+    config = load_config(None, method="mae", bf16=False, batch_size=4)
+    lines: list[str] = []
+    result = bench.run_benchmark(config, steps=1, warmup=0, print_fn=lines.append)
+    [peaks] = [line for line in lines if line.startswith("matmul")]
+    assert "fp32" in peaks and "bf16" in peaks and "emulated" in peaks
+    assert result["peak_flops"] > 0 and result["bf16_peak_flops"] is None
