@@ -34,7 +34,7 @@ ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": R
 FROZEN_ROWS = {"ijepa-paper": ("ijepa-150", "ijepa-150-aid-whiten")}
 SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
 # <dataset>-<init>-<percent>[-p<passes>][-lpft][-seed<draw>]: the names finetune.sh gives (seeds: PASSES, MIX=lpft)
-RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?P<recipe>(-p\d+)?(-lpft)?)"
+RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?:-p\d+)?(?:-lpft)?"
                       r"(-seed(?P<seed>\d+))?$")
 
 
