@@ -104,9 +104,7 @@ def run_benchmark(config: TrainConfig, steps: int = 30, warmup: int = 5, compare
         _time_steps(each, raw, 0, warmup)
     has_bf16 = native_bf16(device)
     peaks = [matmul_peak(device=device)]
-    # bf16 where not native is emulated (~1 % of fp32 here): measured small and quick, shown, never used for MFU
-    bf16_matmul = dict(device=device, dtype=torch.bfloat16, **({} if has_bf16 else dict(size=512, repeats=2)))
-    bf16_peaks = [matmul_peak(**bf16_matmul)]
+    bf16_peaks = [matmul_peak(device=device, dtype=torch.bfloat16)] if has_bf16 else []
     seconds: dict[str, list[float]] = {name: [] for name in learners}
     for round_ in range(rounds if compare else 1):
         order = list(learners) if round_ % 2 == 0 else list(reversed(learners))
@@ -114,7 +112,10 @@ def run_benchmark(config: TrainConfig, steps: int = 30, warmup: int = 5, compare
             seconds[name].append(_time_steps(learners[name], raw, warmup + round_ * steps, steps))
     peaks.append(matmul_peak(device=device))
     peak = max(peaks)
-    bf16_peak = max(bf16_peaks + [matmul_peak(**bf16_matmul)])
+    # where bf16 is not native it is emulated (~1 % of fp32): measured once and small, shown, never used for MFU
+    emulated = {} if has_bf16 else dict(size=512, repeats=2)
+    bf16_peaks.append(matmul_peak(device=device, dtype=torch.bfloat16, **emulated))
+    bf16_peak = max(bf16_peaks)
     rate = {name: steps * config.batch_size / statistics.median(s) for name, s in seconds.items()}
 
     print_fn(f"device {device}, {torch.get_num_threads()} threads, batch {config.batch_size}, "
