@@ -27,7 +27,8 @@
 #                                             # passes, plain and with MixUp 0.8 / CutMix 1.0 (the MAE recipe's);
 #                                             # MIXES picks among plain, mix, fixmatch (FixMatch on the unlabelled
 #                                             # rest of train, training/fixmatch.py: ~4x a plain step's time) and
-#                                             # lpft (the head starts as the frozen init's linear probe, LP-FT);
+#                                             # lpft (the head starts as the frozen init's linear probe, LP-FT),
+#                                             # or two joined by + (lpft+fixmatch: both);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
@@ -262,9 +263,15 @@ PY
                 name=${init%:*}
                 for mix in ${MIXES:-plain mix}; do
                     sets=(lr="$(rate "$init")" "${extra[@]}")
-                    [ "$mix" = mix ] && sets+=(mixup=0.8 cutmix=1.0)
-                    [ "$mix" = fixmatch ] && sets+=(fixmatch=1.0)  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
-                    [ "$mix" = lpft ] && sets+=(probe_head=true)  # LP-FT: the head starts as the frozen init's probe
+                    for part in ${mix//+/ }; do  # lpft+fixmatch: both
+                        case $part in
+                            plain) ;;
+                            mix) sets+=(mixup=0.8 cutmix=1.0) ;;
+                            fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
+                            lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
+                            *) echo "unknown mix $part in MIXES: plain, mix, fixmatch, lpft or two joined by +" >&2; exit 2 ;;
+                        esac
+                    done
                     [ -n "${RESOLUTION:-}" ] && sets+=(resolution="$RESOLUTION")  # pixels; the init's when unset
                     queue run "recipe-$name-$pct-p$passes-$mix${RESOLUTION:+-r$RESOLUTION}" "$data" "$init" \
                         "$fraction" "$passes" "${sets[@]}"
@@ -283,7 +290,7 @@ out = Path(f"study/finetune-recipe-{pct}.json" if dataset == "eurosat" else f"st
 found = json.loads(out.read_text())["val_accuracy"] if out.is_file() else {}
 for run in sorted(runs.glob(f"recipe-*-{pct}-p*")):
     if run.is_dir() and exported(run):  # an unfinished run is not a candidate
-        init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-\w+(?:-r\d+)?)$", run.name).groups()
+        init, variant = re.match(rf"recipe-(.+)-{re.escape(pct)}-(p\d+-[\w+]+(?:-r\d+)?)$", run.name).groups()
         found.setdefault(init, {})[variant] = final_val(run)
 chosen = {init: max(variants, key=variants.get) for init, variants in found.items()}
 for init, variant in chosen.items():

@@ -69,9 +69,10 @@ def variant(dataset: str, run: dict) -> str:
     chosen = json.loads(choice.read_text())["chosen"].get(run["init"], "") if choice.is_file() else ""
     if not chosen:
         return ""
-    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft>[-r<pixels>]" (study/finetune.sh)
-    mixing = {"mix": ", MixUp / CutMix", "fixmatch": ", FixMatch", "lpft": ", LP-FT"}.get(mix, "")
-    return mixing + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
+    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft, or two joined by +>[-r<pixels>]"
+    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT"}  # (study/finetune.sh)
+    mixing = " + ".join(names[part] for part in mix.split("+") if part in names)
+    return (f", {mixing}" if mixing else "") + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
 
 def length(run: dict) -> str:

@@ -133,6 +133,11 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
                and "--epochs 120 " in draws[f"aid-mae-aid-10-p120-lpft-seed{s}"] for s in (1, 2))
     assert sorted(queued_runs(tmp_path, "seeds", "0.01", SEEDS="0")) == [  # EuroSAT's names, as its runs were kept
         "eurosat-ijepa-1-seed0", "eurosat-mae-1-seed0", "eurosat-random-1-seed0"]
+    # recipe variants joined by +: each part's settings in one run; an unknown part stops before any run
+    [both] = queued_runs(tmp_path, "recipe", "0.01", PASSES="600", MIXES="lpft+fixmatch", INITS="mae").values()
+    assert "--set probe_head=true --set fixmatch=1.0" in both and "/recipe-mae-1-p600-lpft+fixmatch " in both
+    with pytest.raises(subprocess.CalledProcessError, match="exit status 2"):
+        queued_runs(tmp_path, "recipe", "0.01", MIXES="lpft+fixmtach", INITS="mae")
     # RATES_FROM=eurosat: the first AID runs', EuroSAT's rates for all
     first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
     assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
@@ -172,3 +177,14 @@ def test_a_cell_is_the_run_best_on_val_at_the_rate_chosen_on_val_never_the_best_
         "aid-random-10": {**run(0.56, 0.55, 0.004, 6153), "init": "random"}}))  # its own row
     [(key, cell)] = standing.best_on_val("aid").items()
     assert key == ("mae-aid", 10.0) and cell["set"] == "-long" and cell["test_accuracy"] == 0.60
+
+
+def test_a_recipe_cell_names_its_variant_as_chosen_on_val_parts_joined_by_plus(standing, tmp_path, monkeypatch):
+    monkeypatch.setattr(standing, "STUDY", tmp_path)
+    (tmp_path / "finetune-recipe-1.json").write_text(json.dumps({"chosen": {
+        "mae": "p600-lpft+fixmatch", "ijepa": "p30-plain", "random": "p120-mix-r192"}}))
+    cell = {"set": "-recipe-lpft-fixmatch", "percent": 1.0}
+    assert standing.variant("eurosat", {**cell, "init": "mae"}) == ", LP-FT + FixMatch"
+    assert standing.variant("eurosat", {**cell, "init": "ijepa"}) == ""
+    assert standing.variant("eurosat", {**cell, "init": "random"}) == ", MixUp / CutMix, at 192 px"
+    assert standing.variant("eurosat", {**cell, "set": "-long", "init": "mae"}) == ""  # not a recipe run
