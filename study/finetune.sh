@@ -15,7 +15,7 @@
 #                                             # (-> study/finetune-sweep-aid-scratch.json)
 #   RUNS=runs/finetune-seeds bash study/finetune.sh seeds [F]   # every EuroSAT init at fraction F (0.01) for
 #                                             # three label draws: mean ± sd of the fine-tuned rows (DATASET=aid,
-#                                             # PASSES, MIX=lpft, INITS, SEEDS: which runs, as in the mode below)
+#                                             # PASSES, MIX=<variant>, INITS, SEEDS: which runs, as in the mode below)
 #   RUNS=runs/finetune-equal bash study/finetune.sh equal   # scratch at 10 % for the compute of pretraining +
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone;
 #                                             # DATASET=aid on AID, EQUAL_TO=<init> for one init's total (default MAE's)
@@ -136,6 +136,20 @@ print(f"aid-ijepa-paper-10 -> {best} (val {val})")
 PY
 }
 
+mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, or two joined by +: lpft+fixmatch) -> its settings,
+    # added to sets
+    local part
+    for part in ${1//+/ }; do
+        case $part in
+            plain) ;;
+            mix) sets+=(mixup=0.8 cutmix=1.0) ;;  # the MAE recipe's MixUp / CutMix
+            fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
+            lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
+            *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft or two joined by +" >&2; exit 2 ;;
+        esac
+    done
+}
+
 pool=()
 queue() {  # run in the background, at most POOL (default 2) at a time
     "$@" &
@@ -223,12 +237,12 @@ PY
     seeds)  # each init (INITS, default the dataset's inits and scratch) at fraction F (default 0.01) for label
         # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
         # sd), as the frozen rows have. DATASET=aid on AID; PASSES=<n> for n passes instead of the 30-pass length
-        # (runs named -p<n>); MIX=lpft starts the head as the frozen init's probe (runs named -lpft)
+        # (runs named -p<n>); MIX=<variant>, as recipe's (runs named -<variant>; lpft: the head started as the frozen init's probe)
         fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset "${DATASET:-eurosat}"
         for seed in ${SEEDS:-0 1 2}; do
             for init in ${INITS:-${pretrained[*]} random:$like}; do
                 sets=(lr="$(rate "$init")" "${extra[@]}" label_seed="$seed" seed="$seed")
-                [ "${MIX:-}" = lpft ] && sets+=(probe_head=true)
+                mix_sets "${MIX:-plain}"
                 queue run "$dataset-${init%:*}-$pct${PASSES:+-p$PASSES}${MIX:+-$MIX}-seed$seed" "$data" "$init" \
                     "$fraction" "${PASSES:-$(epochs_for "$fraction")}" "${sets[@]}"
             done
@@ -263,15 +277,7 @@ PY
                 name=${init%:*}
                 for mix in ${MIXES:-plain mix}; do
                     sets=(lr="$(rate "$init")" "${extra[@]}")
-                    for part in ${mix//+/ }; do  # lpft+fixmatch: both
-                        case $part in
-                            plain) ;;
-                            mix) sets+=(mixup=0.8 cutmix=1.0) ;;
-                            fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
-                            lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
-                            *) echo "unknown mix $part in MIXES: plain, mix, fixmatch, lpft or two joined by +" >&2; exit 2 ;;
-                        esac
-                    done
+                    mix_sets "$mix"
                     [ -n "${RESOLUTION:-}" ] && sets+=(resolution="$RESOLUTION")  # pixels; the init's when unset
                     queue run "recipe-$name-$pct-p$passes-$mix${RESOLUTION:+-r$RESOLUTION}" "$data" "$init" \
                         "$fraction" "$passes" "${sets[@]}"

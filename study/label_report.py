@@ -33,8 +33,8 @@ ARCHIVES = {"eurosat": REPO.parent / "shared" / "data" / "eurosat-rgb", "aid": R
 # a fine-tuning init -> the names of its frozen rows (EuroSAT, AID), for one colour per model
 FROZEN_ROWS = {"ijepa-paper": ("ijepa-150", "ijepa-150-aid-whiten")}
 SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
-# <dataset>-<init>-<percent>[-p<passes>][-lpft][-seed<draw>]: the names finetune.sh gives (seeds: PASSES, MIX=lpft)
-RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?:-p\d+)?(?:-lpft)?"
+# <dataset>-<init>-<percent>[-p<passes>][-<variant>][-seed<draw>]: the names finetune.sh gives (seeds: PASSES, MIX)
+RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?:-p\d+)?(?:-(?:plain|mix|fixmatch|lpft)(?:\+\w+)?)?"
                       r"(-seed(?P<seed>\d+))?$")
 
 

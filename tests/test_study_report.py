@@ -59,11 +59,12 @@ def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it
 
 
 def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_draw(tmp_path):
-    """study/label_report.py reads the seeds mode's names (-p<passes>, -lpft, -seed<draw>) as their init and
+    """study/label_report.py reads the seeds mode's names (-p<passes>, -<variant>, -seed<draw>) as their init and
     fraction, and refuses a folder holding two runs of one label draw before it scores anything."""
     label_report = study_module(REPORT.parent / "label_report.py")
     names = {"aid-mae-aid-10-p120-lpft-seed1": ("mae-aid", "10", "1"), "eurosat-mae-1-seed0": ("mae", "1", "0"),
-             "aid-random-10": ("random", "10", None), "eurosat-mae-self-t2-1": ("mae-self-t2", "1", None)}
+             "aid-random-10": ("random", "10", None), "eurosat-mae-self-t2-1": ("mae-self-t2", "1", None),
+             "eurosat-mae-1-p600-lpft+fixmatch-seed2": ("mae", "1", "2")}
     for name, (init, percent, seed) in names.items():
         match = label_report.RUN_NAME.match(name)
         assert (match["init"], match["percent"], match["seed"]) == (init, percent, seed)
@@ -138,6 +139,8 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
     assert "--set probe_head=true --set fixmatch=1.0" in both and "/recipe-mae-1-p600-lpft+fixmatch " in both
     with pytest.raises(subprocess.CalledProcessError, match="exit status 2"):
         queued_runs(tmp_path, "recipe", "0.01", MIXES="lpft+fixmtach", INITS="mae")
+    [draw] = queued_runs(tmp_path, "seeds", "0.01", PASSES="600", MIX="lpft+fixmatch", INITS="mae", SEEDS="1").values()
+    assert "--set seed=1 --set probe_head=true --set fixmatch=1.0" in draw and "-p600-lpft+fixmatch-seed1 " in draw
     # RATES_FROM=eurosat: the first AID runs', EuroSAT's rates for all
     first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
     assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
