@@ -237,7 +237,8 @@ PY
     seeds)  # each init (INITS, default the dataset's inits and scratch) at fraction F (default 0.01) for label
         # draws SEEDS (default 0 1 2), each run's training seeded by its draw: the fine-tuned rows' spread (mean ±
         # sd), as the frozen rows have. DATASET=aid on AID; PASSES=<n> for n passes instead of the 30-pass length
-        # (runs named -p<n>); MIX=<variant>, as recipe's (runs named -<variant>; lpft: the head started as the frozen init's probe)
+        # (runs named -p<n>); MIX=<variant>, a recipe variant as MIXES names them (runs named -<variant>; lpft: the
+        # head started as the frozen init's probe)
         fraction=${2:-0.01}; pct=$(python -c "print(f'{100 * $fraction:g}')"); use_dataset "${DATASET:-eurosat}"
         for seed in ${SEEDS:-0 1 2}; do
             for init in ${INITS:-${pretrained[*]} random:$like}; do
