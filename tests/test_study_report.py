@@ -99,6 +99,23 @@ def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(
     assert finetune_runs.exported(run)
 
 
+def test_pseudo_label_quality_weights_each_step_by_its_confident_share_and_refuses_a_run_without_fixmatch(tmp_path):
+    """study/pseudo_labels.py's numbers: per half of the steps, the mean confident share and the accuracy of the
+    confident pseudo-labels, weighted by how many each step had (a step with none counts in the share only)."""
+    finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
+    run = tmp_path / "recipe-mae-1-p600-lpft+fixmatch"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 2.0}\n{"step": 10, "val_accuracy": 0.5}\n')
+    with pytest.raises(ValueError, match="lpft\\+fixmatch.*no pseudo-labels logged"):
+        finetune_runs.pseudo_label_quality(run)
+    steps = [{"step": 10, "confident": 0.2, "pseudo_accuracy": 0.5}, {"step": 20, "confident": 0.6, "pseudo_accuracy": 1.0},
+             {"step": 30, "confident": 0.0, "pseudo_accuracy": None}, {"step": 40, "confident": 0.0, "pseudo_accuracy": None}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps))
+    (first_share, first_right), (second_share, second_right) = finetune_runs.pseudo_label_quality(run, parts=2)
+    assert (first_share, first_right) == pytest.approx((0.4, (0.2 * 0.5 + 0.6 * 1.0) / 0.8))
+    assert second_share == 0.0 and second_right is None
+
+
 def queued_runs(tmp_path: Path, *args: str, **env: str) -> dict[str, str]:
     """study/finetune.sh's runs for a mode (DRY_RUN: printed, not run): run name -> its command line."""
     root = REPORT.parents[1]
