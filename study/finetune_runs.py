@@ -9,7 +9,11 @@ from pathlib import Path
 def records(run: Path) -> list[dict]:
     """The run's metrics.jsonl, one dict a line: training steps (loss, lr, FixMatch's logged pseudo-label counts) and
     val measurements."""
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{run}: not a fine-tuning run folder (no metrics.jsonl); name a folder that "
+                                "`python -m training finetune --out` wrote")
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
 
 
 def final_val(run: Path) -> float:

@@ -23,7 +23,10 @@ def main() -> None:
     print("| run | confident share, by part | right where confident, by part | final val |")
     print("|---|---|---|---|")
     for run in args.runs:
-        quality = pseudo_label_quality(run, args.parts)
+        try:
+            quality = pseudo_label_quality(run, args.parts)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(str(error)) from None
         shares = " / ".join(f"{share:.2f}" for share, _ in quality)
         right = " / ".join("–" if accuracy is None else f"{accuracy:.3f}" for _, accuracy in quality)
         print(f"| {run.name} | {shares} | {right} | {final_val(run):.4f} |")

@@ -104,6 +104,8 @@ def test_pseudo_label_quality_weights_each_step_by_its_confident_share_and_refus
     confident pseudo-labels, weighted by how many each step had (a step with none counts in the share only)."""
     finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
     run = tmp_path / "recipe-mae-1-p600-lpft+fixmatch"
+    with pytest.raises(FileNotFoundError, match="lpft\\+fixmatch: not a fine-tuning run folder"):
+        finetune_runs.pseudo_label_quality(run)
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 10, "loss": 2.0}\n{"step": 10, "val_accuracy": 0.5}\n')
     with pytest.raises(ValueError, match="lpft\\+fixmatch.*no pseudo-labels logged"):
