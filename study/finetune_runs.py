@@ -1,4 +1,5 @@
-"""What study/finetune.sh's choosing modes read from a fine-tuning run folder (``python -m training finetune``)."""
+"""What study/ reads from a fine-tuning run folder (``python -m training finetune``): finetune.sh's choosing modes
+its final val and whether it exported, pseudo_labels.py a FixMatch run's logged pseudo-labels."""
 
 from __future__ import annotations
 

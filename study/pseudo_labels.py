@@ -24,12 +24,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for run in args.runs:
         try:
-            quality = pseudo_label_quality(run, args.parts)
+            quality, val = pseudo_label_quality(run, args.parts), final_val(run)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from None
         shares = " / ".join(f"{share:.2f}" for share, _ in quality)
         right = " / ".join("–" if accuracy is None else f"{accuracy:.3f}" for _, accuracy in quality)
-        print(f"| {run.name} | {shares} | {right} | {final_val(run):.4f} |")
+        print(f"| {run.name} | {shares} | {right} | {val:.4f} |")
 
 
 if __name__ == "__main__":
