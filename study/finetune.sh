@@ -143,7 +143,7 @@ mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, or two joined by +
         case $part in
             plain) ;;
             mix) sets+=(mixup=0.8 cutmix=1.0) ;;  # the MAE recipe's MixUp / CutMix
-            fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch's weight, threshold 0.95, 2 unlabelled a labelled
+            fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch at weight 1, threshold 0.95 of the smoothed cap, 2 unlabelled a labelled
             lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
             *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft or two joined by +" >&2; exit 2 ;;
         esac
