@@ -28,7 +28,8 @@
 #                                             # MIXES picks among plain, mix, fixmatch (FixMatch on the unlabelled
 #                                             # rest of train, training/fixmatch.py: ~4x a plain step's time) and
 #                                             # lpft (the head starts as the frozen init's linear probe, LP-FT),
-#                                             # or two joined by + (lpft+fixmatch: both);
+#                                             # or several joined by + (lpft+fixmatch: both; +ema: FixMatch labels
+#                                             # with a moving average of the weights, Semi-ViT's EMA-Teacher);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
@@ -136,7 +137,7 @@ print(f"aid-ijepa-paper-10 -> {best} (val {val})")
 PY
 }
 
-mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, or two joined by +: lpft+fixmatch) -> its settings,
+mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, ema, or several joined by +: lpft+fixmatch) -> its settings,
     # added to sets
     local part
     for part in ${1//+/ }; do
@@ -145,7 +146,8 @@ mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, or two joined by +
             mix) sets+=(mixup=0.8 cutmix=1.0) ;;  # the MAE recipe's MixUp / CutMix
             fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch at weight 1, threshold 0.95 of the smoothed cap, 2 unlabelled a labelled
             lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
-            *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft or two joined by +" >&2; exit 2 ;;
+            ema) sets+=(fixmatch_ema=0.99) ;;  # with fixmatch: its pseudo-labels from a moving average of the weights
+            *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft, ema or several joined by +" >&2; exit 2 ;;
         esac
     done
 }

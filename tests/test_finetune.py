@@ -106,9 +106,13 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
 
 @pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0},
                                     {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5},
+                                    {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5,
+                                     "fixmatch_ema": 0.5},
                                     {"probe_head": True}],
-                         ids=["plain", "mixup-cutmix", "fixmatch", "probe-head"])
+                         ids=["plain", "mixup-cutmix", "fixmatch", "fixmatch-ema", "probe-head"])
 def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, mixing):
+    from safetensors.torch import load_file
+
     from training.checkpoint import find_checkpoint, load_weights
     from training.finetune import Finetuner, finetune
 
@@ -129,6 +133,10 @@ def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, 
     finetune(_config(model, **mixing), str(archive), tmp_path / "resumed", resume=True)
     a, b = (load_weights(find_checkpoint(tmp_path / name)) for name in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if "fixmatch_ema" in mixing:  # the labelling average is restored too, not restarted from the resumed weights
+        a, b = (load_file(find_checkpoint(tmp_path / name) / "ema.safetensors") for name in ("straight", "resumed"))
+        assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["module.head.weight"], load_weights(
+            find_checkpoint(tmp_path / "straight"))["head.weight"])
     steps = {name: [json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
              for name in ("straight", "resumed")}
     assert steps["resumed"] == steps["straight"] == [3, 3, 6, 6]  # nothing lost, nothing logged twice
@@ -199,6 +207,30 @@ def test_fixmatch_trains_strong_views_towards_the_models_own_confident_labels(ti
         Finetuner(_config(model, teacher=str(model), **few), str(archive), tmp_path / "both")
     with pytest.raises(ValueError, match="mixup"):
         Finetuner(_config(model, mixup=0.8, **few), str(archive), tmp_path / "mixed")
+
+
+def test_fixmatch_can_label_with_a_moving_average_of_the_weights(tiny, tmp_path):
+    from training.finetune import Finetuner
+
+    root, archive, model = tiny
+    few = dict(label_fraction=0.25, label_seed=1, fixmatch=1.0, unlabelled_ratio=2, fixmatch_threshold=0.0)
+    trainer = Finetuner(_config(model, fixmatch_ema=0.75, **few), str(archive), tmp_path / "run")
+    before = trainer.ema.module.head.weight.clone()
+    assert torch.equal(before, trainer.model.head.weight)  # the average starts as the init (its probe head with LP-FT)
+    labelling, training = [], []
+    hooks = [trainer.ema.module.register_forward_hook(lambda m, args, out: labelling.append(args[0].shape[0])),
+             trainer.model.register_forward_hook(lambda m, args, out: training.append(args[0].shape[0]))]
+    trainer.train_step(trainer.images, trainer.targets)
+    for hook in hooks:
+        hook.remove()
+    assert labelling == [12] and training == [6 + 12]  # the average labels the weak views; the model trains
+    after = trainer.model.head.weight
+    assert not torch.equal(after, before)
+    assert torch.allclose(trainer.ema.module.head.weight, 0.75 * before + 0.25 * after, atol=1e-6)
+    assert not any(p.requires_grad for p in trainer.ema.module.parameters())
+    for momentum, other in ((1.0, few), (0.9, dict(label_fraction=0.25))):  # a momentum of 1 never moves; no FixMatch
+        with pytest.raises(ValueError, match="fixmatch_ema"):
+            Finetuner(_config(model, fixmatch_ema=momentum, **other), str(archive), tmp_path / "bad")
 
 
 def test_fixmatchs_strong_view_distorts_each_image_its_own_way_and_needs_rgb():

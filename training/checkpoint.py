@@ -1,7 +1,7 @@
 """Checkpoints without pickle: safetensors weights + a JSON file (config, step, optimizer hyper-state).
 
-A checkpoint is a folder `RUN/checkpoint/` holding `model.safetensors`, `optimizer.safetensors` and
-`state.json`. It is written into a temporary folder and renamed into place, so a kill at any moment leaves
+A checkpoint is a folder `RUN/checkpoint/` holding `model.safetensors`, `optimizer.safetensors`, `state.json` and,
+for a run that keeps a moving average of its weights, `ema.safetensors`. It is written into a temporary folder and renamed into place, so a kill at any moment leaves
 either the previous checkpoint or the new one, never a mix.
 """
 
@@ -46,9 +46,9 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any], name: str = CHECKPOINT_DIR) -> Path:
-    """Atomically write model weights, optimizer moments (unless None) and `state` (JSON-able) to
-    `run_dir/<name>`."""
+                    state: dict[str, Any], name: str = CHECKPOINT_DIR, ema: torch.nn.Module | None = None) -> Path:
+    """Atomically write model weights, optimizer moments (unless None), the weights' moving average (unless None)
+    and `state` (JSON-able) to `run_dir/<name>`."""
     run_dir = Path(run_dir)
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp"
@@ -56,6 +56,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, tmp / "model.safetensors")
+    if ema is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
     opt_meta = None
     if optimizer is not None:
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -90,12 +92,19 @@ def load_weights(checkpoint: Path, device: str | torch.device = "cpu") -> dict[s
     return load_file(Path(checkpoint) / "model.safetensors", device=str(device))
 
 
-def load_checkpoint(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-                    ) -> dict[str, Any]:
-    """Restore `model` (and `optimizer`) in place; return the saved state. Fails loudly on any mismatch."""
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    ema: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore `model` (and `optimizer`, and the moving average `ema`) in place; return the saved state. Fails
+    loudly on any mismatch."""
     checkpoint = Path(checkpoint)
     state = read_state(checkpoint)
-    model.load_state_dict(load_weights(checkpoint, next(model.parameters()).device), strict=True)
+    device = next(model.parameters()).device
+    model.load_state_dict(load_weights(checkpoint, device), strict=True)
+    if ema is not None:
+        if not (checkpoint / "ema.safetensors").is_file():
+            raise FileNotFoundError(f"{checkpoint}: no ema.safetensors, yet this run keeps a moving average of its "
+                                    "weights; resume it with the settings it was started with")
+        ema.load_state_dict(load_file(checkpoint / "ema.safetensors", device=str(device)), strict=True)
     if optimizer is not None:
         tensors = load_file(checkpoint / "optimizer.safetensors")
         _restore_optimizer(optimizer, tensors, state["optimizer"])

@@ -8,7 +8,8 @@ for runs of minutes (``training.config.FinetuneConfig``). ``--init`` is a shippe
 exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratch, with MODEL's architecture and
 normalisation): the same loop serves the self-supervised inits and the supervised baseline. ``--set teacher=RUN``
 self-trains (``training.teacher``): the other train images join the labelled ones, with RUN's predictions as targets;
-``--set fixmatch=1`` learns from them by consistency instead (``training.fixmatch``).
+``--set fixmatch=1`` learns from them by consistency instead (``training.fixmatch``; ``--set fixmatch_ema=0.99`` takes
+its pseudo-labels from a moving average of the weights).
 
 A run folder holds ``checkpoint/`` (safetensors, atomic; ``--resume`` continues exactly: every draw is seeded by
 the step), ``config.json`` and ``metrics.jsonl`` (loss, lr, images/s; val accuracy ``evaluations`` times).
@@ -37,7 +38,7 @@ from training.data import band_statistics, open_archive
 from training.distributed import device_name, pick_device
 from training.engine import append_jsonl, truncate_metrics
 from training.feed import epoch_order, preload
-from training.fixmatch import consistency_loss, pseudo_labels, strong_view
+from training.fixmatch import consistency_loss, ema_labeller, pseudo_labels, strong_view
 from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
@@ -202,6 +203,9 @@ class Finetuner:
                              "beside the unlabelled images' targets; set mixup=0 cutmix=0, or drop the other")
         if c.teacher and c.fixmatch:
             raise ValueError("--set teacher=... and fixmatch=...: two ways of using the unlabelled images; pick one")
+        if c.fixmatch_ema and not (c.fixmatch and 0 < c.fixmatch_ema < 1):
+            raise ValueError(f"--set fixmatch_ema={c.fixmatch_ema}: the momentum of FixMatch's labelling average, "
+                             "between 0 and 1 (e.g. 0.99), and only with --set fixmatch=...")
         split = train_split(data_root, c)
         self.images, self.targets, self.classes, self.skipped, self.labelled = (
             split.images, split.targets, split.classes, split.skipped, split.labelled)
@@ -231,8 +235,9 @@ class Finetuner:
         self.step, self.train_seconds, self.best_val = 0, 0.0, None
         if c.probe_head and checkpoint is None:  # a resumed run's head is in its checkpoint
             self._fit_probe_head()
+        self.ema = ema_labeller(self.model, c.fixmatch_ema) if c.fixmatch_ema else None
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, self.model, self.optimizer)
+            state = load_checkpoint(checkpoint, self.model, self.optimizer, ema=self.ema)
             self.step, self.train_seconds = state["step"], state["train_seconds"]
             self.best_val = state.get("best_val")
             log.info("resumed from %s at step %d", checkpoint, self.step)
@@ -293,7 +298,8 @@ class Finetuner:
         if self.unlabelled is not None:  # FixMatch: the strong views join the batch, towards confident pseudo-labels
             picked = torch.randperm(len(self.unlabelled), generator=gen)[: c.unlabelled_ratio * labelled]
             weak = self.weak_view(self.unlabelled[picked], gen)
-            pseudo, confident = pseudo_labels(self.model, normalize(weak, self.mean, self.std), self.threshold,
+            labeller = self.model if self.ema is None else self.ema.module
+            pseudo, confident = pseudo_labels(labeller, normalize(weak, self.mean, self.std), self.threshold,
                                               self.precision, self.device)
             strong = normalize(strong_view(weak.cpu()).to(self.device), self.mean, self.std)
             x = torch.cat([x, strong])
@@ -314,6 +320,8 @@ class Finetuner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return {"loss": loss.item(), **record}
 
     def weak_view(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -341,7 +349,7 @@ class Finetuner:
                  "labelled": self.labelled, "train_images": len(self.targets), "skipped": self.skipped,
                  **({"unlabelled_images": len(self.unlabelled)} if self.unlabelled is not None else {}),
                  "data_root": self.data_root, "precision": self.precision, "device": device_name(self.device), **self.init}
-        save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+        save_checkpoint(self.out_dir, self.model, self.optimizer, state, ema=self.ema)
 
     def fit(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,11 @@ smoothed model can pass it at all), a strongly augmented view of the same crop
 trained towards that hard pseudo-label, the loss weighted by ``fixmatch``. Self-training (``training.teacher``)
 labels the unlabelled images once, with a separate teacher; FixMatch relabels them every step with the model being
 trained and asks for the same answer under a far stronger distortion.
+
+Labelling with the model being trained lets it confirm its own mistakes. Semi-ViT's EMA-Teacher (Cai et al.,
+NeurIPS 2022), which made FixMatch-style training stable for ViTs, labels with an exponential moving average of the
+weights instead (``fixmatch_ema``, timm's ``ModelEmaV3``): a smoother model that changes more slowly than the one
+it teaches.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ def strong_view(images: torch.Tensor) -> torch.Tensor:
                          f"{images.shape[1]} bands; set fixmatch=0 for this archive")
     as_bytes = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return torch.stack([STRONG(image) for image in as_bytes]).float() / 255
+
+
+def ema_labeller(model: torch.nn.Module, momentum: float):
+    """A moving average of ``model``'s weights (parameters and buffers) to label with; ``.update(model)`` after each
+    optimiser step, ``.module`` is the averaged model (in eval mode, no gradients)."""
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=momentum)
+    ema.module.requires_grad_(False)
+    return ema
 
 
 @torch.no_grad()
