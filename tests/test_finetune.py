@@ -137,6 +137,8 @@ def test_finetune_resumes_exactly_where_it_stopped(tiny, tmp_path, monkeypatch, 
         a, b = (load_file(find_checkpoint(tmp_path / name) / "ema.safetensors") for name in ("straight", "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["module.head.weight"], load_weights(
             find_checkpoint(tmp_path / "straight"))["head.weight"])
+        logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+        assert all(0 <= r["ema_val_accuracy"] <= 1 for r in logged if "val_accuracy" in r)
     steps = {name: [json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
              for name in ("straight", "resumed")}
     assert steps["resumed"] == steps["straight"] == [3, 3, 6, 6]  # nothing lost, nothing logged twice

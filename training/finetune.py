@@ -332,15 +332,17 @@ class Finetuner:
         return quarter_turns(x, gen) if c.rot90 else x
 
     @torch.no_grad()
-    def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-        """Top-1 accuracy (fraction) of the current model on images [N, C, H, W] (scaled units)."""
-        self.model.eval()
+    def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
+                 model: torch.nn.Module | None = None) -> float:
+        """Top-1 accuracy (fraction) of the current model (or ``model``) on images [N, C, H, W] (scaled units)."""
+        model = self.model if model is None else model
+        model.eval()
         correct = 0
         for start in range(0, len(images), batch_size):
             x = eval_transform(images[start:start + batch_size].to(self.device), self.config.model.img_size,
                                self.mean, self.std)
             with autocast(self.precision, self.device):
-                correct += (self.model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+                correct += (model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
         return correct / len(images)
 
     def save(self) -> None:
@@ -405,6 +407,8 @@ class Finetuner:
                   "train_seconds": round(self.train_seconds, 1), "threads": torch.get_num_threads()}
         if self.val is not None:
             record["val_accuracy"] = round(self.accuracy(*self.val), 5)
+            if self.ema is not None:  # the labelling average, logged beside the model it teaches (never chosen here)
+                record["ema_val_accuracy"] = round(self.accuracy(*self.val, model=self.ema.module), 5)
             self.best_val = record["val_accuracy"]  # the last measurement: runs are judged at their end
             log.info("step %d/%d: val accuracy %.4f", self.step, self.total, record["val_accuracy"])
         append_jsonl(metrics, record)
