@@ -235,6 +235,27 @@ def test_fixmatch_can_label_with_a_moving_average_of_the_weights(tiny, tmp_path)
             Finetuner(_config(model, fixmatch_ema=momentum, **other), str(archive), tmp_path / "bad")
 
 
+def test_study_ema_val_measures_again_what_the_run_logged_at_its_end(tiny, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from training.finetune import finetune
+
+    root, archive, model = tiny
+    run = tmp_path / "run"
+    finetune(_config(model, label_fraction=0.5, fixmatch=1.0, fixmatch_threshold=0.0, fixmatch_ema=0.5), str(archive), run)
+    path = Path(__file__).resolve().parents[1] / "study" / "ema_val.py"
+    spec = importlib.util.spec_from_file_location("study_ema_val", path)
+    ema_val = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ema_val)
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert ema_val.measure(run) == (6, pytest.approx(last["val_accuracy"], abs=1e-5),  # logged to 5 digits
+                                   pytest.approx(last["ema_val_accuracy"], abs=1e-5))
+    finetune(_config(model), str(archive), tmp_path / "plain")
+    with pytest.raises(SystemExit, match="without --set fixmatch_ema"):
+        ema_val.measure(tmp_path / "plain")
+
+
 def test_fixmatchs_strong_view_distorts_each_image_its_own_way_and_needs_rgb():
     from training.fixmatch import strong_view
 

@@ -156,6 +156,8 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
     # recipe variants joined by +: each part's settings in one run; an unknown part stops before any run
     [both] = queued_runs(tmp_path, "recipe", "0.01", PASSES="600", MIXES="lpft+fixmatch", INITS="mae").values()
     assert "--set probe_head=true --set fixmatch=1.0" in both and "/recipe-mae-1-p600-lpft+fixmatch " in both
+    [averaged] = queued_runs(tmp_path, "recipe", "0.01", PASSES="600", MIXES="lpft+fixmatch+ema", INITS="mae").values()
+    assert "--set fixmatch=1.0 --set fixmatch_ema=0.99" in averaged and "/recipe-mae-1-p600-lpft+fixmatch+ema " in averaged
     with pytest.raises(subprocess.CalledProcessError, match="exit status 2"):
         queued_runs(tmp_path, "recipe", "0.01", MIXES="lpft+fixmtach", INITS="mae")
     [draw] = queued_runs(tmp_path, "seeds", "0.01", PASSES="600", MIX="lpft+fixmatch", INITS="mae", SEEDS="1").values()
