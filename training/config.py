@@ -162,8 +162,8 @@ class FinetuneConfig:
     fixmatch_threshold: float = 0.95  # a pseudo-label is trained on where the model's confidence reaches this share
     # of the most label smoothing lets it predict, 1 - e + e / K (FixMatch, without smoothing: 0.95)
     fixmatch_ema: float = 0.0  # the pseudo-labels come from a moving average of the weights with this momentum
-    # (Semi-ViT's EMA-Teacher, Cai et al. 2022: 0.9999 at ~10^5 steps, a horizon of ~8 % of the run, which is 0.99 at
-    # 1,200 steps); 0 = from the model being trained (FixMatch)
+    # (Semi-ViT's EMA-Teacher, Cai et al. 2022: 0.9999, a horizon of 10^4 steps, ~5 % of its ~2 * 10^5-step ImageNet
+    # runs; 0.99 is 100 steps, ~8 % of a 1,200-step run); 0 = from the model being trained (FixMatch)
     unlabelled_ratio: int = 2  # unlabelled images per labelled one in a step (FixMatch: 7; at 2 a step takes ~4x)
     probe_head: bool = False  # LP-FT (Kumar et al. 2022; training/probe_head.py): the head starts as the frozen init's
     # linear probe (C = 1, standardised features) on the labelled images, not near zero
