@@ -61,7 +61,7 @@ def kept_runs(dataset: str) -> list[dict]:
 
 
 def variant(dataset: str, run: dict) -> str:
-    """", MixUp / CutMix", ", FixMatch", ", LP-FT" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
+    """", MixUp / CutMix", ", FixMatch", ", LP-FT", ", EMA teacher" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
     val is one, else ""."""
     if not run["set"].startswith("-recipe"):
         return ""
@@ -69,8 +69,9 @@ def variant(dataset: str, run: dict) -> str:
     chosen = json.loads(choice.read_text())["chosen"].get(run["init"], "") if choice.is_file() else ""
     if not chosen:
         return ""
-    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft, or two joined by +>[-r<pixels>]"
-    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT"}  # (study/finetune.sh)
+    _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft|ema, or several joined by +>[-r<pixels>]"
+    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT",
+             "ema": "EMA teacher"}  # (study/finetune.sh; ema: FixMatch labels with a moving average)
     mixing = " + ".join(names[part] for part in mix.split("+") if part in names)
     return (f", {mixing}" if mixing else "") + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
