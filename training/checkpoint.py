@@ -1,8 +1,8 @@
 """Checkpoints without pickle: safetensors weights + a JSON file (config, step, optimizer hyper-state).
 
 A checkpoint is a folder `RUN/checkpoint/` holding `model.safetensors`, `optimizer.safetensors`, `state.json` and,
-for a run that keeps a moving average of its weights, `ema.safetensors`. It is written into a temporary folder and renamed into place, so a kill at any moment leaves
-either the previous checkpoint or the new one, never a mix.
+for a run that keeps a moving average of its weights, `ema.safetensors`. It is written into a temporary folder and
+renamed into place, so a kill at any moment leaves either the previous checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torchvision.transforms import v2
 
 from training.precision import autocast
@@ -37,11 +38,9 @@ def strong_view(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([STRONG(image) for image in as_bytes]).float() / 255
 
 
-def ema_labeller(model: torch.nn.Module, momentum: float):
+def ema_labeller(model: torch.nn.Module, momentum: float) -> ModelEmaV3:
     """A moving average of ``model``'s weights (parameters and buffers) to label with; ``.update(model)`` after each
     optimiser step, ``.module`` is the averaged model (in eval mode, no gradients)."""
-    from timm.utils import ModelEmaV3
-
     ema = ModelEmaV3(model, decay=momentum)
     ema.module.requires_grad_(False)
     return ema
