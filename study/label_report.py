@@ -35,7 +35,7 @@ FROZEN_ROWS = {"ijepa-paper": ("ijepa-150", "ijepa-150-aid-whiten")}
 SELF_TRAINED = re.compile(r"-self.*$")  # a student of ``finetune.sh self``: <init>-self[-t<T>][-e<epochs>]
 # <dataset>-<init>-<percent>[-p<passes>][-<variant>][-seed<draw>]: the names finetune.sh gives (seeds: PASSES, MIX)
 RUN_NAME = re.compile(r"(?P<dataset>eurosat|aid)-(?P<init>.+)-(?P<percent>[\d.]+)(?:-p\d+)?"
-                      r"(?:-(?:plain|mix|fixmatch|lpft)(?:\+\w+)?)?(-seed(?P<seed>\d+))?$")
+                      r"(?:-(?:plain|mix|fixmatch|lpft)(?:\+\w+)*)?(-seed(?P<seed>\d+))?$")
 
 
 def core_minutes(metrics: Path) -> float:

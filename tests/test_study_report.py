@@ -64,7 +64,8 @@ def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_d
     label_report = study_module(REPORT.parent / "label_report.py")
     names = {"aid-mae-aid-10-p120-lpft-seed1": ("mae-aid", "10", "1"), "eurosat-mae-1-seed0": ("mae", "1", "0"),
              "aid-random-10": ("random", "10", None), "eurosat-mae-self-t2-1": ("mae-self-t2", "1", None),
-             "eurosat-mae-1-p600-lpft+fixmatch-seed2": ("mae", "1", "2")}
+             "eurosat-mae-1-p600-lpft+fixmatch-seed2": ("mae", "1", "2"),
+             "eurosat-mae-1-p600-lpft+fixmatch+ema-seed1": ("mae", "1", "1")}
     for name, (init, percent, seed) in names.items():
         match = label_report.RUN_NAME.match(name)
         assert (match["init"], match["percent"], match["seed"]) == (init, percent, seed)
