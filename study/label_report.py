@@ -4,13 +4,16 @@
     python study/label_report.py eurosat --test   # score the fine-tuned classifiers on test (once) first
     python study/label_report.py aid --test --runs runs/finetune-long --suffix=-aid-lr   # another set
     python study/label_report.py eurosat --with=-paper   # the main figure with another set's rows beside
+    python study/label_report.py eurosat --test --d4 --runs R --suffix=S   # also over the 8 orientations
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
 fine-tuning runs of ``study/finetune.sh <dataset>`` (``runs/finetune/<dataset>-<init>-<percent>/``). With
 ``--test`` each run's exported classifier is scored by its own head on the test split and the numbers are kept in
 ``study/finetune-<dataset>-test.json`` (with the run's val accuracy, labelled images, steps and core-minutes), so
-that the figure and the table can be redrawn from the repository alone. Writes
+that the figure and the table can be redrawn from the repository alone; ``--d4`` keeps beside each the accuracy of
+its probabilities averaged over the image's 8 orientations (``test_accuracy_d4``; chosen on val first by
+``study/orientations.py``), which the figure and table do not draw. Writes
 ``study/figures/label_efficiency_<dataset>.png`` (x: labelled images per class, log scale; y: test accuracy) and
 prints the Markdown table.
 """
@@ -64,10 +67,22 @@ def exported_runs(dataset: str, runs: Path) -> dict[str, tuple[Path, re.Match, d
     return found
 
 
-def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
-    """Test accuracy of every finished run's exported classifier (its own head), with its provenance."""
+def classifier_accuracy(encoder, split, d4: bool = False, batch_size: int = 256) -> float:
+    """Top-1 accuracy (fraction) of an exported classifier (``ExportedEncoder``, its own head) on an archive split;
+    ``d4``: its logits averaged over each image's 8 orientations."""
     import torch
 
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        batch = [split[i] for i in range(start, min(start + batch_size, len(split)))]
+        logits = encoder.logits(torch.stack([s["image"] for s in batch]), d4=d4)
+        correct += int((logits.argmax(1) == np.array([s["label"] for s in batch])).sum())
+    return correct / len(split)
+
+
+def score_runs(dataset: str, runs: Path, d4: bool = False) -> dict[str, dict]:
+    """Test accuracy of every finished run's exported classifier (its own head), with its provenance; ``d4``: also
+    averaged over the 8 orientations (``test_accuracy_d4``)."""
     from training.data import open_archive
     from training.encoder import ExportedEncoder
 
@@ -76,13 +91,9 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
     scored = {}
     for name, (run, match, card) in finished.items():
         encoder = ExportedEncoder(run / "export")
-        correct = total = 0
-        for start in range(0, len(test), 256):
-            batch = [test[i] for i in range(start, min(start + 256, len(test)))]
-            logits = encoder.logits(torch.stack([s["image"] for s in batch]))
-            correct += int((logits.argmax(1) == np.array([s["label"] for s in batch])).sum())
-            total += len(batch)
-        scored[name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": correct / total,
+        accuracy = classifier_accuracy(encoder, test)
+        scored[name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": accuracy,
+                        **({"test_accuracy_d4": classifier_accuracy(encoder, test, d4=True)} if d4 else {}),
                         "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
                         "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
                         "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
@@ -90,7 +101,8 @@ def score_runs(dataset: str, runs: Path) -> dict[str, dict]:
                         "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0),
                         **({"teacher": card["teacher"], "train_images": card["train_images"]}
                            if card.get("teacher") else {})}
-        print(f"{name}: test {100 * correct / total:.1f} (val {100 * (card.get('val_accuracy') or 0):.1f})")
+        averaged = f", over the 8 orientations {100 * scored[name]['test_accuracy_d4']:.1f}" if d4 else ""
+        print(f"{name}: test {100 * accuracy:.1f}{averaged} (val {100 * (card.get('val_accuracy') or 0):.1f})")
     return scored
 
 
@@ -188,6 +200,9 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(ARCHIVES))
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "finetune")
     parser.add_argument("--test", action="store_true", help="score the fine-tuned runs on test (once) first")
+    parser.add_argument("--d4", action="store_true", help="with --test: also score each classifier averaged over "
+                                                          "the image's 8 orientations (choose it on val first: "
+                                                          "study/orientations.py)")
     parser.add_argument("--suffix", default="", help="another set of runs: study/finetune-<dataset><suffix>-test.json "
                                                       "and its own figure")
     parser.add_argument("--with", dest="beside", action="append", default=[], metavar="SUFFIX",
@@ -198,7 +213,7 @@ def main() -> None:
     study = REPO / "study"
     kept = study / f"finetune-{args.dataset}{args.suffix}-test.json"
     if args.test:
-        kept.write_text(json.dumps(score_runs(args.dataset, args.runs), indent=1))
+        kept.write_text(json.dumps(score_runs(args.dataset, args.runs, args.d4), indent=1))
     tuned = json.loads(kept.read_text()) if kept.is_file() else {}
     frozen = json.loads((study / f"label-efficiency-{args.dataset}.json").read_text())["label_efficiency"]
     for suffix in dict.fromkeys([args.suffix, *args.beside]):

@@ -104,6 +104,42 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
     assert "fine-tuned" in table and f"{100 * accuracy:.1f}" in table
 
 
+def test_averaging_over_the_8_orientations_makes_a_prediction_free_of_them(tiny, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from training.augment import dihedral_views
+    from training.data import open_archive
+    from training.export import export_run
+    from training.finetune import finetune
+
+    root, archive, model = tiny
+    finetune(_config(model), str(archive), tmp_path / "run")
+    export_run(tmp_path / "run", tmp_path / "export")
+    encoder = ExportedEncoder(tmp_path / "export")
+    x = torch.rand(4, 3, 32, 32)
+    views = dihedral_views(x)
+    assert len(views) == 8 and torch.equal(views[0], x)
+    assert len({view.numpy().tobytes() for view in views}) == 8  # all 8 differ for a random image
+    averaged = encoder.logits(x, d4=True)  # [4, classes]: log of the mean probability
+    assert np.allclose(np.exp(averaged).sum(1), 1.0, atol=1e-5)
+    for turned in (torch.rot90(x, 1, dims=(2, 3)), x.flip(2), x.transpose(2, 3)):
+        assert np.allclose(encoder.logits(turned, d4=True), averaged, atol=1e-4)  # the same 8 views, reordered
+    assert not np.allclose(encoder.logits(torch.rot90(x, 1, dims=(2, 3))), encoder.logits(x), atol=1e-4)
+
+    script = Path(__file__).resolve().parents[1] / "study" / "orientations.py"
+    printed = subprocess.run([sys.executable, str(script), str(tmp_path / "export")], capture_output=True, text=True,
+                             check=True).stdout
+    scored = json.loads(printed.splitlines()[-1])
+    val = open_archive(archive, "val")
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    labels = np.array([val[i]["label"] for i in range(len(val))])
+    assert scored["split"] == "val" and scored["images"] == len(val)
+    assert scored["accuracy"] == round(100 * (encoder.logits(images).argmax(1) == labels).mean(), 2)
+    assert scored["accuracy_d4"] == round(100 * (encoder.logits(images, d4=True).argmax(1) == labels).mean(), 2)
+
+
 @pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0},
                                     {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5},
                                     {"fixmatch": 1.0, "fixmatch_threshold": 0.0, "label_fraction": 0.5,

@@ -1,5 +1,6 @@
 """Batched augmentation on tensors: random resized crop + horizontal flip as one `affine_grid` +
-`grid_sample` per batch (no per-image Python work), and the evaluation transform shared with export.
+`grid_sample` per batch (no per-image Python work), the evaluation transform shared with export, and the eight
+orientations of an overhead image (test-time averaging).
 
 All functions take images as float [B, C, H, W] in scaled units (see training.data) and per-band statistics.
 """
@@ -52,3 +53,12 @@ def eval_transform(images: torch.Tensor, size: int, mean: torch.Tensor, std: tor
     if images.shape[-2:] != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return normalize(images, mean, std)
+
+
+def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """images [B, C, H, W] -> its 8 orientations, each [B, C, H, W] (H == W): the quarter turns of the image and of
+    its mirror, the dihedral group D4. A scene seen from above has no up, so a classifier fine-tuned with flips and
+    quarter turns sees each as the same scene; the first view is the image itself."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"dihedral_views: needs square images, got {tuple(images.shape[-2:])}")
+    return [torch.rot90(view, k, dims=(2, 3)) for view in (images, images.flip(3)) for k in range(4)]
