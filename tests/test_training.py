@@ -45,7 +45,9 @@ def write_config(path: Path, method: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method,lr", [("ijepa", 8e-3), ("mae", 1.2e-2)])
+# MAE at 6e-3: at 1.2e-2 the tiny MAE's loss spikes and hovers at the 10 % margin in fp32 (a CPU without native bf16:
+# 0.90 of its start after 50 steps, 2026-12-06); at 6e-3 it falls smoothly to 0.75 there.
+@pytest.mark.parametrize("method,lr", [("ijepa", 8e-3), ("mae", 6e-3)])
 def test_loss_falls_on_a_real_batch(method, lr, shared_data):
     from training.data import open_archive
     dataset = open_archive(shared_data / "eurosat-rgb", split="train")
