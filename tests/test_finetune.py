@@ -271,6 +271,49 @@ def test_fixmatch_can_label_with_a_moving_average_of_the_weights(tiny, tmp_path)
             Finetuner(_config(model, fixmatch_ema=momentum, **other), str(archive), tmp_path / "bad")
 
 
+def test_semi_vits_pseudo_mixup_blends_views_and_labels_by_their_confidences():
+    from training.fixmatch import confidence_mix
+
+    shades = torch.arange(1, 9).float() / 10  # view k is a flat image of shade (k + 1) / 10: its pixels name it
+    views = shades[:, None, None, None].expand(8, 3, 16, 16).clone()
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    confidence = torch.tensor([0.9, 0.3, 0.6, 0.2, 0.95, 0.5, 0.7, 0.4])
+    one_hot = torch.eye(3)[labels]  # [8, 3]
+    np.random.seed(0)
+    mixed, targets, judged = confidence_mix(views, labels, confidence, 3, torch.Generator().manual_seed(1))
+    assert mixed.shape == views.shape and torch.allclose(targets.sum(1), torch.ones(8))
+    kinds = set()
+    for i in range(8):
+        values = mixed[i].unique()
+        if len(values) == 2:  # CutMix: a box of the partner's pixels; the target's share of i is what is left of i
+            j = int((values[values != shades[i]] * 10).round() - 1)
+            kept = (mixed[i] == shades[i]).float().mean()
+            kinds.add("box")
+        else:  # MixUp: a blend, i's share its confidence's share of the pair's
+            shares = confidence[i] / (confidence[i] + confidence)  # [8] for each candidate partner
+            blends = shares * shades[i] + (1 - shares) * shades
+            j = int((blends - values[0]).abs().argmin())
+            kept = shares[j]
+            kinds.add("blend" if j != i else "itself")
+        assert torch.allclose(targets[i], kept * one_hot[i] + (1 - kept) * one_hot[j], atol=1e-5)
+        assert judged[i] == torch.maximum(confidence[i], confidence[j])  # as sure as the surer of the two
+    assert {"box", "blend"} <= kinds  # both kinds of mixing drawn over 8 views
+
+
+def test_fixmatch_with_pseudo_mixup_trains_on_mixed_soft_targets(tiny, tmp_path):
+    from training.finetune import Finetuner
+
+    root, archive, model = tiny
+    few = dict(label_fraction=0.25, label_seed=1, fixmatch=1.0, unlabelled_ratio=2, fixmatch_threshold=0.0)
+    plain = Finetuner(_config(model, **few), str(archive), tmp_path / "plain")
+    mixing = Finetuner(_config(model, fixmatch_mix=True, **few), str(archive), tmp_path / "mix")
+    a, b = plain.train_step(plain.images, plain.targets), mixing.train_step(mixing.images, mixing.targets)
+    assert a["pseudo_accuracy"] == b["pseudo_accuracy"] and a["confident"] == b["confident"]  # the same labels
+    assert b["unlabelled_loss"] != pytest.approx(a["unlabelled_loss"])  # trained towards other (mixed) targets
+    with pytest.raises(ValueError, match="fixmatch_mix"):
+        Finetuner(_config(model, fixmatch_mix=True, label_fraction=0.25), str(archive), tmp_path / "bad")
+
+
 def test_study_ema_val_measures_again_what_the_run_logged_at_its_end(tiny, tmp_path):
     import importlib.util
     from pathlib import Path

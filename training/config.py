@@ -164,6 +164,8 @@ class FinetuneConfig:
     fixmatch_ema: float = 0.0  # the pseudo-labels come from a moving average of the weights with this momentum
     # (Semi-ViT's EMA-Teacher, Cai et al. 2022: 0.9999, a horizon of 10^4 steps, ~5 % of its ~2 * 10^5-step ImageNet
     # runs; 0.99 is 100 steps, ~8 % of a 1,200-step run); 0 = from the model being trained (FixMatch)
+    fixmatch_mix: bool = False  # the strong views mixed in pairs in proportion to their confidences, towards mixed
+    # pseudo-labels (Semi-ViT's probabilistic pseudo-MixUp, training/fixmatch.confidence_mix); only with fixmatch
     unlabelled_ratio: int = 2  # unlabelled images per labelled one in a step (FixMatch: 7; at 2 a step takes ~4x)
     probe_head: bool = False  # LP-FT (Kumar et al. 2022; training/probe_head.py): the head starts as the frozen init's
     # linear probe (C = 1, standardised features) on the labelled images, not near zero

@@ -9,7 +9,7 @@ exported model, a pretraining run, or ``random[:MODEL]`` (supervised from scratc
 normalisation): the same loop serves the self-supervised inits and the supervised baseline. ``--set teacher=RUN``
 self-trains (``training.teacher``): the other train images join the labelled ones, with RUN's predictions as targets;
 ``--set fixmatch=1`` learns from them by consistency instead (``training.fixmatch``; ``--set fixmatch_ema=0.99`` takes
-its pseudo-labels from a moving average of the weights).
+its pseudo-labels from a moving average of the weights, ``--set fixmatch_mix=true`` mixes its strong views in pairs).
 
 A run folder holds ``checkpoint/`` (safetensors, atomic; ``--resume`` continues exactly: every draw is seeded by
 the step), ``config.json`` and ``metrics.jsonl`` (loss, lr, images/s; val accuracy ``evaluations`` times).
@@ -38,7 +38,7 @@ from training.data import band_statistics, open_archive
 from training.distributed import device_name, pick_device
 from training.engine import append_jsonl, truncate_metrics
 from training.feed import epoch_order, preload
-from training.fixmatch import consistency_loss, ema_labeller, pseudo_labels, strong_view
+from training.fixmatch import confidence_mix, consistency_loss, ema_labeller, pseudo_labels, strong_view
 from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
@@ -203,6 +203,8 @@ class Finetuner:
                              "beside the unlabelled images' targets; set mixup=0 cutmix=0, or drop the other")
         if c.teacher and c.fixmatch:
             raise ValueError("--set teacher=... and fixmatch=...: two ways of using the unlabelled images; pick one")
+        if c.fixmatch_mix and not c.fixmatch:
+            raise ValueError("--set fixmatch_mix=true mixes FixMatch's strong views: only with --set fixmatch=...")
         if c.fixmatch_ema and not (c.fixmatch and 0 < c.fixmatch_ema < 1):
             raise ValueError(f"--set fixmatch_ema={c.fixmatch_ema}: the momentum of FixMatch's labelling average, "
                              "between 0 and 1 (e.g. 0.99), and only with --set fixmatch=...")
@@ -244,7 +246,7 @@ class Finetuner:
         taught = f" + {len(self.targets) - self.labelled} taught by {c.teacher}" if c.teacher else ""
         if self.unlabelled is not None:
             taught = (f" + {len(self.unlabelled)} unlabelled (FixMatch: {c.unlabelled_ratio} per labelled image a step, "
-                      f"threshold {self.threshold:.3f}, weight {c.fixmatch})")
+                      f"threshold {self.threshold:.3f}, weight {c.fixmatch}{', mixed in pairs' if c.fixmatch_mix else ''})")
         log.info("fine-tuning %s on %d labelled images (%s of train, %d classes)%s, %d steps of %d, %s on %s",
                  c.init, self.labelled, f"{100 * c.label_fraction:g}%", len(self.classes), taught, self.total,
                  self.batch_size, self.precision, self.device)
@@ -299,13 +301,18 @@ class Finetuner:
             picked = torch.randperm(len(self.unlabelled), generator=gen)[: c.unlabelled_ratio * labelled]
             weak = self.weak_view(self.unlabelled[picked], gen)
             labeller = self.model if self.ema is None else self.ema.module
-            pseudo, confident = pseudo_labels(labeller, normalize(weak, self.mean, self.std), self.threshold,
-                                              self.precision, self.device)
-            strong = normalize(strong_view(weak.cpu()).to(self.device), self.mean, self.std)
-            x = torch.cat([x, strong])
+            pseudo, confidence = pseudo_labels(labeller, normalize(weak, self.mean, self.std), self.precision,
+                                               self.device)
+            confident = confidence >= self.threshold
             right = (pseudo.cpu() == self.unlabelled_truth[picked])[confident.cpu()]  # logged, never trained on
             record.update(confident=round(confident.float().mean().item(), 4),
                           pseudo_accuracy=round(right.float().mean().item(), 4) if len(right) else None)
+            strong = normalize(strong_view(weak.cpu()).to(self.device), self.mean, self.std)
+            if c.fixmatch_mix:  # Semi-ViT's pseudo-MixUp: the views mixed in pairs, towards mixed pseudo-labels
+                np.random.seed((c.seed * 1_000_003 + self.step) % 2**32)  # timm's CutMix boxes draw from numpy
+                strong, pseudo, confidence = confidence_mix(strong, pseudo, confidence, len(self.classes), gen)
+                confident = confidence >= self.threshold  # a pair is trained on where either label is confident
+            x = torch.cat([x, strong])
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
