@@ -67,17 +67,22 @@ def exported_runs(dataset: str, runs: Path) -> dict[str, tuple[Path, re.Match, d
     return found
 
 
-def classifier_accuracy(encoder, split, d4: bool = False, batch_size: int = 256) -> float:
-    """Top-1 accuracy (fraction) of an exported classifier (``ExportedEncoder``, its own head) on an archive split;
-    ``d4``: its logits averaged over each image's 8 orientations."""
+def classifier_accuracy(encoder, split, d4: bool = False, batch_size: int = 256) -> tuple[float, float | None]:
+    """Top-1 accuracy (fraction) of an exported classifier (``ExportedEncoder``, its own head) on an archive split,
+    and with ``d4`` (else None) its probabilities averaged over each image's 8 orientations, from the same pass."""
     import torch
 
-    correct = 0
+    correct = averaged = 0
     for start in range(0, len(split), batch_size):
         batch = [split[i] for i in range(start, min(start + batch_size, len(split)))]
-        logits = encoder.logits(torch.stack([s["image"] for s in batch]), d4=d4)
-        correct += int((logits.argmax(1) == np.array([s["label"] for s in batch])).sum())
-    return correct / len(split)
+        images, labels = torch.stack([s["image"] for s in batch]), np.array([s["label"] for s in batch])
+        if d4:
+            views = encoder.orientation_probabilities(images)  # [8, b, K]; view 0 is the image as it is
+            correct += int((views[0].argmax(1) == labels).sum())
+            averaged += int((views.mean(0).argmax(1) == labels).sum())
+        else:
+            correct += int((encoder.logits(images).argmax(1) == labels).sum())
+    return correct / len(split), (averaged / len(split) if d4 else None)
 
 
 def score_runs(dataset: str, runs: Path, d4: bool = False) -> dict[str, dict]:
@@ -91,9 +96,9 @@ def score_runs(dataset: str, runs: Path, d4: bool = False) -> dict[str, dict]:
     scored = {}
     for name, (run, match, card) in finished.items():
         encoder = ExportedEncoder(run / "export")
-        accuracy = classifier_accuracy(encoder, test)
+        accuracy, averaged = classifier_accuracy(encoder, test, d4)
         scored[name] = {"init": match["init"], "percent": float(match["percent"]), "test_accuracy": accuracy,
-                        **({"test_accuracy_d4": classifier_accuracy(encoder, test, d4=True)} if d4 else {}),
+                        **({"test_accuracy_d4": averaged} if d4 else {}),
                         "val_accuracy": card.get("val_accuracy"), "labelled": card["labelled_images"],
                         "per_class": card["labelled_images"] / len(card["classes"]), "steps": card["steps"],
                         "core_minutes": round(core_minutes(run / "metrics.jsonl"), 1),
@@ -101,8 +106,8 @@ def score_runs(dataset: str, runs: Path, d4: bool = False) -> dict[str, dict]:
                         "lr": card["finetune"]["lr"], "label_seed": card.get("label_seed", 0),
                         **({"teacher": card["teacher"], "train_images": card["train_images"]}
                            if card.get("teacher") else {})}
-        averaged = f", over the 8 orientations {100 * scored[name]['test_accuracy_d4']:.1f}" if d4 else ""
-        print(f"{name}: test {100 * accuracy:.1f}{averaged} (val {100 * (card.get('val_accuracy') or 0):.1f})")
+        oriented = f", over the 8 orientations {100 * averaged:.1f}" if d4 else ""
+        print(f"{name}: test {100 * accuracy:.1f}{oriented} (val {100 * (card.get('val_accuracy') or 0):.1f})")
     return scored
 
 

@@ -38,7 +38,7 @@ def main() -> None:
                              "classification); name a run's export/ or a shipped -ft model")
         archive = args.archive or (REPO / encoder.card["training_data"]).resolve()
         split = open_archive(archive, args.split)
-        plain, averaged = classifier_accuracy(encoder, split), classifier_accuracy(encoder, split, d4=True)
+        plain, averaged = classifier_accuracy(encoder, split, d4=True)
         print(json.dumps({"model": str(model), "archive": str(archive), "split": args.split, "images": len(split),
                           "accuracy": round(100 * plain, 2), "accuracy_d4": round(100 * averaged, 2),
                           "gain": round(100 * (averaged - plain), 2)}))

@@ -124,6 +124,8 @@ def test_averaging_over_the_8_orientations_makes_a_prediction_free_of_them(tiny,
     assert len({view.numpy().tobytes() for view in views}) == 8  # all 8 differ for a random image
     averaged = encoder.logits(x, d4=True)  # [4, classes]: log of the mean probability
     assert np.allclose(np.exp(averaged).sum(1), 1.0, atol=1e-5)
+    plain = torch.softmax(torch.from_numpy(encoder.logits(x)), 1).numpy()
+    assert np.allclose(encoder.orientation_probabilities(x)[0], plain, atol=1e-5)  # view 0: the image as it is
     for turned in (torch.rot90(x, 1, dims=(2, 3)), x.flip(2), x.transpose(2, 3)):
         assert np.allclose(encoder.logits(turned, d4=True), averaged, atol=1e-4)  # the same 8 views, reordered
     assert not np.allclose(encoder.logits(torch.rot90(x, 1, dims=(2, 3))), encoder.logits(x), atol=1e-4)

@@ -88,13 +88,17 @@ class ExportedEncoder:
 
     def logits(self, images: torch.Tensor | np.ndarray, d4: bool = False) -> np.ndarray:
         """A fine-tuned classifier's logits [B, classes] (softmax gives probabilities). ``d4``: averaged over the
-        image's 8 orientations (quarter turns and mirror, ``augment.dihedral_views``): the log of the mean of the
-        8 views' probabilities, at 8 times the cost."""
+        image's 8 orientations: the log of the mean of their probabilities, at 8 times the cost."""
         if not d4:
             return self.embed_and_logits(images)[1]
+        return np.log(self.orientation_probabilities(images).mean(0))
+
+    def orientation_probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """A fine-tuned classifier's probabilities [8, B, classes] for each of the image's 8 orientations (quarter
+        turns and mirror, ``augment.dihedral_views``; the first is the image as it is)."""
         x = torch.from_numpy(self.prepare(images))  # [B, C, S, S]: resized first, so that every view is square
-        probabilities = [torch.softmax(torch.from_numpy(self.embed_and_logits(view)[1]), 1) for view in dihedral_views(x)]
-        return torch.stack(probabilities).mean(0).log().numpy()
+        return np.stack([torch.softmax(torch.from_numpy(self.embed_and_logits(view)[1]), 1).numpy()
+                         for view in dihedral_views(x)])
 
     def embed_and_logits(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A fine-tuned classifier's (embeddings [B, D], logits [B, classes]) from one run of the graph."""
