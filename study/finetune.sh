@@ -30,7 +30,9 @@
 #                                             # lpft (the head starts as the frozen init's linear probe, LP-FT),
 #                                             # or several joined by + (lpft+fixmatch: both; +ema: FixMatch labels
 #                                             # with a moving average of the weights, Semi-ViT's EMA-Teacher;
-#                                             # semivit: FixMatch with Semi-ViT's weight, threshold and pseudo-MixUp);
+#                                             # pseudomix: FixMatch's strong views mixed in pairs, Semi-ViT's
+#                                             # pseudo-MixUp; semivit: FixMatch with Semi-ViT's weight, threshold
+#                                             # and pseudo-MixUp);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
@@ -148,9 +150,11 @@ mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, ema, or several jo
             fixmatch) sets+=(fixmatch=1.0) ;;  # FixMatch at weight 1, threshold 0.95 of the smoothed cap, 2 unlabelled a labelled
             lpft) sets+=(probe_head=true) ;;  # LP-FT: the head starts as the frozen init's probe
             ema) sets+=(fixmatch_ema=0.99) ;;  # with fixmatch: its pseudo-labels from a moving average of the weights
+            pseudomix) sets+=(fixmatch_mix=true) ;;  # with fixmatch: its strong views mixed in pairs (Semi-ViT's)
             semivit) sets+=(fixmatch=5.0 fixmatch_threshold=0.6 fixmatch_mix=true) ;;  # instead of fixmatch: Semi-ViT's
                 # settings at 1 % of ImageNet (weight 5, threshold 0.6, its pseudo-MixUp); with +ema its EMA-Teacher
-            *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft, ema, semivit or several joined by +" >&2
+            *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft, ema, pseudomix, semivit or several" \
+                    "joined by +" >&2
                exit 2 ;;
         esac
     done

@@ -61,8 +61,8 @@ def kept_runs(dataset: str) -> list[dict]:
 
 
 def variant(dataset: str, run: dict) -> str:
-    """", MixUp / CutMix", ", FixMatch", ", LP-FT", ", EMA teacher" and / or ", at 192 px" where the run is a recipe run whose variant chosen on
-    val is one, else ""."""
+    """", MixUp / CutMix", ", FixMatch", ", LP-FT", ", EMA teacher", ", FixMatch as Semi-ViT" and / or ", at 192 px" where
+    the run is a recipe run whose variant chosen on val is one, else ""."""
     if not run["set"].startswith("-recipe"):
         return ""
     choice = STUDY / f"finetune-recipe{'-aid' if dataset == 'aid' else ''}-{run['percent']:g}.json"
@@ -70,8 +70,10 @@ def variant(dataset: str, run: dict) -> str:
     if not chosen:
         return ""
     _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft|ema, or several joined by +>[-r<pixels>]"
-    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT",
-             "ema": "EMA teacher"}  # (study/finetune.sh; ema: FixMatch labels with a moving average)
+    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT", "ema": "EMA teacher",
+             "pseudomix": "pseudo-MixUp", "semivit": "FixMatch as Semi-ViT"}  # (study/finetune.sh; ema: FixMatch
+    # labels with a moving average; pseudomix: its strong views mixed in pairs; semivit: at Semi-ViT's weight and
+    # threshold, with its pseudo-MixUp)
     mixing = " + ".join(names[part] for part in mix.split("+") if part in names)
     return (f", {mixing}" if mixing else "") + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
