@@ -32,7 +32,7 @@
 #                                             # with a moving average of the weights, Semi-ViT's EMA-Teacher;
 #                                             # pseudomix: FixMatch's strong views mixed in pairs, Semi-ViT's
 #                                             # pseudo-MixUp; semivit: FixMatch with Semi-ViT's weight, threshold
-#                                             # and pseudo-MixUp; semivit-weight, semivit-threshold: after
+#                                             # and pseudo-MixUp; semivit_weight, semivit_threshold: after
 #                                             # fixmatch, Semi-ViT's weight or threshold alone);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
@@ -154,10 +154,10 @@ mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, ema, or several jo
             pseudomix) sets+=(fixmatch_mix=true) ;;  # with fixmatch: its strong views mixed in pairs (Semi-ViT's)
             semivit) sets+=(fixmatch=5.0 fixmatch_threshold=0.6 fixmatch_mix=true) ;;  # instead of fixmatch: Semi-ViT's
                 # settings at 1 % of ImageNet (weight 5, threshold 0.6, its pseudo-MixUp); with +ema its EMA-Teacher
-            semivit-weight) sets+=(fixmatch=5.0) ;;  # after fixmatch: Semi-ViT's loss weight alone
-            semivit-threshold) sets+=(fixmatch_threshold=0.6) ;;  # with fixmatch: Semi-ViT's threshold alone
+            semivit_weight) sets+=(fixmatch=5.0) ;;  # after fixmatch: Semi-ViT's loss weight alone
+            semivit_threshold) sets+=(fixmatch_threshold=0.6) ;;  # with fixmatch: Semi-ViT's threshold alone
             *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft, ema, pseudomix, semivit," \
-                    "semivit-weight, semivit-threshold or several joined by +" >&2
+                    "semivit_weight, semivit_threshold or several joined by +" >&2
                exit 2 ;;
         esac
     done

@@ -159,6 +159,12 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
     assert "--set probe_head=true --set fixmatch=1.0" in both and "/recipe-mae-1-p600-lpft+fixmatch " in both
     [averaged] = queued_runs(tmp_path, "recipe", "0.01", PASSES="600", MIXES="lpft+fixmatch+ema", INITS="mae").values()
     assert "--set fixmatch=1.0 --set fixmatch_ema=0.99" in averaged and "/recipe-mae-1-p600-lpft+fixmatch+ema " in averaged
+    # Semi-ViT's loss weight or threshold alone: FixMatch's own setting replaced, the other kept
+    apart = queued_runs(tmp_path, "recipe", "0.01", PASSES="600", INITS="ijepa",
+                        MIXES="fixmatch+semivit_weight fixmatch+semivit_threshold")
+    weight, threshold = (apart[f"recipe-ijepa-1-p600-fixmatch+semivit_{part}"] for part in ("weight", "threshold"))
+    assert weight.endswith("--set fixmatch=1.0 --set fixmatch=5.0") and "fixmatch_threshold" not in weight
+    assert threshold.endswith("--set fixmatch=1.0 --set fixmatch_threshold=0.6")
     with pytest.raises(subprocess.CalledProcessError, match="exit status 2"):
         queued_runs(tmp_path, "recipe", "0.01", MIXES="lpft+fixmtach", INITS="mae")
     [draw] = queued_runs(tmp_path, "seeds", "0.01", PASSES="600", MIX="lpft+fixmatch", INITS="mae", SEEDS="1").values()
@@ -213,3 +219,7 @@ def test_a_recipe_cell_names_its_variant_as_chosen_on_val_parts_joined_by_plus(s
     assert standing.variant("eurosat", {**cell, "init": "ijepa"}) == ""
     assert standing.variant("eurosat", {**cell, "init": "random"}) == ", MixUp / CutMix, at 192 px"
     assert standing.variant("eurosat", {**cell, "set": "-long", "init": "mae"}) == ""  # not a recipe run
+    (tmp_path / "finetune-recipe-1.json").write_text(json.dumps({"chosen": {
+        "ijepa": "p600-lpft+fixmatch+ema+pseudomix+semivit_threshold"}}))
+    assert standing.variant("eurosat", {**cell, "init": "ijepa"}) == (
+        ", LP-FT + FixMatch + EMA teacher + pseudo-MixUp + Semi-ViT's threshold")
