@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's per-constant notes
+    if args.verb in ("pretrain", "finetune", "bench"):
+        from training.heap import keep_freed_buffers
+
+        keep_freed_buffers()  # each step's buffers reused, not page-faulted and zeroed again (training/heap.py)
     if args.verb == "pretrain":
         from training.config import load_config, parse_assignments
         from training.engine import pretrain
