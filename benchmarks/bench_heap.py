@@ -34,11 +34,12 @@ def timed_run(data: Path, steps: int, sets: list[str], threads: int, heap: str, 
     log = out.with_suffix(".log")
     if heap == "glibc":
         env["SATJEPA_HEAP"] = "glibc"
-    child = subprocess.Popen([sys.executable, "-m", "training", "finetune", "--data", str(data), "--max-steps",
-                              str(steps), "--out", str(out), "--no-export", *STEP,
-                              *(arg for kv in sets for arg in ("--set", kv))],
-                             env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own resource use
+    with log.open("w") as errors:
+        child = subprocess.Popen([sys.executable, "-m", "training", "finetune", "--data", str(data), "--max-steps",
+                                  str(steps), "--out", str(out), "--no-export", *STEP,
+                                  *(arg for kv in sets for arg in ("--set", kv))],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own resource use
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"python -m training finetune failed:\n{log.read_text()[-3000:]}")
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb in ("pretrain", "finetune", "bench"):
         from training.heap import keep_freed_buffers
 
-        keep_freed_buffers()  # each step's buffers reused, not page-faulted and zeroed again (training/heap.py)
+        keep_freed_buffers()  # each step's buffers reused (training/heap.py); process-wide, so the command's choice
     if args.verb == "pretrain":
         from training.config import load_config, parse_assignments
         from training.engine import pretrain
