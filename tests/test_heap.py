@@ -42,5 +42,7 @@ def test_the_kept_heap_reuses_a_step_s_freed_buffers_where_glibc_s_own_policy_fa
     kept, kept_faults = faults_a_step(None)
     default, default_faults = faults_a_step("glibc")
     assert (kept, default) == ("True", "False")
-    assert min(default_faults[-2:]) > 10_000  # ~40-100 MB of fresh 4 KiB pages every step
-    assert max(kept_faults[-2:]) < min(default_faults[-2:]) / 10, (kept_faults, default_faults)
+    settled = slice(2, None)  # after the first two steps have grown the heap
+    assert sum(default_faults[settled]) > 40_000  # ~100-250 MB of fresh 4 KiB pages a step (measured 27-65 k faults)
+    # kept: mostly none, now and then a stray 9 k (measured 0-18 k over the four steps, against 150-240 k)
+    assert sum(kept_faults[settled]) < sum(default_faults[settled]) / 4, (kept_faults, default_faults)
