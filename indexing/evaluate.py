@@ -126,14 +126,19 @@ def score(features: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) 
     return row, head
 
 
+CLASSIFIER_COLUMNS = {"fine-tuned": False, "fine-tuned, 8 orientations": True}  # column -> averaged over D4
+
+
 def classifier_accuracy(encoder: OnnxEncoder, archive: Path, split: str, cache: Path, key: dict[str, Any],
-                        classes: list[str]) -> float:
-    """Top-1 accuracy (fraction) of a fine-tuned classifier's own head (its ``logits``) on ``split``."""
+                        classes: list[str], d4: bool = False) -> float:
+    """Top-1 accuracy (fraction) of a fine-tuned classifier's own head (its ``logits``) on ``split``; ``d4``: its
+    probabilities averaged over each image's 8 orientations (the app's ``--orientations``)."""
     if encoder.classes != classes:
         raise ValueError(f"{encoder.name} was fine-tuned on the classes {encoder.classes}, but {archive} has "
                          f"{classes}: evaluate it on the archive it was fine-tuned on")
-    logits, labels, _ = split_features(archive, split, cache / "logits", encoder.logits, {**key, "output": "logits"},
-                                       encoder.input_size, encoder.card.get("band_indices"))
+    output = "logits-d4" if d4 else "logits"
+    logits, labels, _ = split_features(archive, split, cache / output, lambda x: encoder.logits(x, d4),
+                                       {**key, "output": output}, encoder.input_size, encoder.card.get("band_indices"))
     return float((logits.argmax(axis=1) == labels).mean())
 
 
@@ -203,7 +208,8 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
         feats = features_of(root / name, encoder.embed, key, encoder.input_size, encoder.card.get("band_indices"))
         rows[name], head = score(feats, len(classes))
         if encoder.classes is not None:
-            rows[name]["fine-tuned"] = classifier_accuracy(encoder, archive, roles["test"], root / name, key, classes)
+            for column, d4 in CLASSIFIER_COLUMNS.items():
+                rows[name][column] = classifier_accuracy(encoder, archive, roles["test"], root / name, key, classes, d4)
         if label_budgets:
             few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
         if save_heads and name != "random-init":
@@ -243,7 +249,7 @@ def trained_elsewhere(card: dict, archive: Path) -> bool:
 def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict[str, int],
                    roles: dict[str, str | None] | None = None) -> str:
     """One row per model, numbers in %, with the protocol and the AP definition underneath."""
-    columns = COLUMNS + (("fine-tuned",) if any("fine-tuned" in row for row in rows.values()) else ())
+    columns = COLUMNS + (tuple(CLASSIFIER_COLUMNS) if any("fine-tuned" in row for row in rows.values()) else ())
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" if c in row else "—" for c in columns) + " |")
@@ -252,6 +258,7 @@ def markdown_table(rows: dict[str, dict[str, float]], archive: Path, sizes: dict
     lines.append(f"\n{archive}: queries = {roles['test']} ({sizes['test']}), archive = train ({sizes['train']}), "
                  f"relevant = same class; linear probe {tuning}; kNN k=20, cosine, exp(s/0.07); "
                  "features centred on the train mean for retrieval and kNN"
-                 + ("; fine-tuned = the classifier's own head" if len(columns) > len(COLUMNS) else "")
+                 + ("; fine-tuned = the classifier's own head, as it is and with its probabilities averaged over "
+                    "each image's 8 orientations (quarter turns and mirror)" if len(columns) > len(COLUMNS) else "")
                  + ".\n" + DEFINITION)
     return "\n".join(lines)

@@ -91,7 +91,8 @@ class QueryError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """One model with its index: encoder (ONNX), opened index + catalogue, linear head (or None)."""
+    """One model with its index: encoder (ONNX), opened index + catalogue, linear head (or None).
+    ``orientations``: a fine-tuned head's probabilities are averaged over the tile's 8 orientations."""
 
     key: str
     encoder: OnnxEncoder
@@ -99,6 +100,7 @@ class LoadedModel:
     head: dict[str, Any] | None
     archive: Path
     rows: RowLookup | None = None
+    orientations: bool = False
 
     @property
     def display(self) -> str:
@@ -110,8 +112,11 @@ class LoadedModel:
 
     @property
     def head_name(self) -> str:
-        """Which head gives the model's class probabilities: a fine-tuned classifier's own, or the linear probe."""
-        return "fine-tuned head" if self.encoder.classes is not None else "linear probe"
+        """Which head gives the model's class probabilities: a fine-tuned classifier's own (averaged over the
+        tile's 8 orientations where it is), or the linear probe."""
+        if self.encoder.classes is None:
+            return "linear probe"
+        return "fine-tuned head over 8 orientations" if self.orientations else "fine-tuned head"
 
     @property
     def class_set(self) -> str:
@@ -218,9 +223,17 @@ class RetrievalService:
 
     @classmethod
     def open(cls, models: Sequence[str | Path] = ("ijepa", "mae"), index_dir: str | Path | None = None,
-             threads: int | None = 1, faiss_threads: int | None = 1, side_by_side: bool = True) -> RetrievalService:
+             threads: int | None = 1, faiss_threads: int | None = 1, side_by_side: bool = True,
+             orientations: bool = False) -> RetrievalService:
         """Load each model (registry name or exported-model folder), its index in ``<index_dir>/<model>/`` and
         its linear head (``linear_head.npz`` beside the model, optional).
+
+        ``orientations``: a fine-tuned classifier's class probabilities are the mean over the tile's 8
+        orientations (quarter turns and mirror), an ensemble: +0.3 and +0.55 val accuracy for the shipped
+        ``mae-ft`` and ``mae-aid-ft`` (RESULTS.md, "Averaging over the 8 orientations") at 8 times the inference,
+        +37 and +155 ms a search on one core (``benchmarks/bench_orientations.py``; one batch of 8 is no faster),
+        so off unless asked for. The search still uses the tile's embedding as it is. Linear probes: never
+        (not measured).
 
         ``threads``: ONNX Runtime intra-op threads per model (None = one per core). One is right when the models
         run side by side: on this 2-core CPU two one-thread sessions embed a tile each in 4.6 ms together, one
@@ -248,7 +261,8 @@ class RetrievalService:
                 logger.warning("%s has no %s: classes come from the kNN vote only (fit one with "
                                "`python -m indexing evaluate --model %s`)", model, HEAD_NAME, model)
             archive = Path(opened.manifest["archive"]).resolve()
-            loaded.append(LoadedModel(model_key(model), encoder, opened, head, archive, RowLookup(opened.con)))
+            loaded.append(LoadedModel(model_key(model), encoder, opened, head, archive, RowLookup(opened.con),
+                                      orientations and encoder.classes is not None))
             logger.info("loaded %s: %d images in %s", model_key(model), opened.manifest["counts"]["images"],
                         opened.folder)
         return cls(loaded, side_by_side)
@@ -478,8 +492,8 @@ class RetrievalService:
     def _query_model(self, model: LoadedModel, query: QueryImage, k: int, filters: Filters,
                      query_hash: str | None) -> ModelResult:
         t0 = time.perf_counter()
-        if model.encoder.classes is not None:  # a fine-tuned classifier: its own head, in the same run
-            embedding, logits = model.encoder.embed_and_logits(query.image[None])  # [1, D], [1, classes]
+        if model.encoder.classes is not None:  # a fine-tuned classifier: its own head, in the same run(s)
+            embedding, logits = model.encoder.embed_and_logits(query.image[None], model.orientations)  # [1, D], [1, K]
             probabilities = _softmax(logits[0], model.encoder.classes)
         else:
             embedding = model.encoder.embed(query.image[None])  # [1, D], not normalised

@@ -33,7 +33,8 @@
 #                                             # pseudomix: FixMatch's strong views mixed in pairs, Semi-ViT's
 #                                             # pseudo-MixUp; semivit: FixMatch with Semi-ViT's weight, threshold
 #                                             # and pseudo-MixUp; semivit_weight, semivit_threshold: after
-#                                             # fixmatch, Semi-ViT's weight or threshold alone);
+#                                             # fixmatch, Semi-ViT's weight or threshold alone; mu5: 5 unlabelled
+#                                             # images a labelled one, not 2);
 #                                             # DATASET=aid: the same on AID (inits mae-aid ijepa-aid random:mae-aid);
 #                                             # RESOLUTION=<pixels>: fine-tuned at that input size (runs named -r<pixels>)
 #   RUNS=runs/finetune-recipe bash study/finetune.sh recipe-choose [F]   # -> study/finetune-recipe-<F%>.json: each
@@ -156,8 +157,10 @@ mix_sets() {  # a recipe variant (plain, mix, fixmatch, lpft, ema, or several jo
                 # settings at 1 % of ImageNet (weight 5, threshold 0.6, its pseudo-MixUp); with +ema its EMA-Teacher
             semivit_weight) sets+=(fixmatch=5.0) ;;  # after fixmatch: Semi-ViT's loss weight alone
             semivit_threshold) sets+=(fixmatch_threshold=0.6) ;;  # with fixmatch: Semi-ViT's threshold alone
+            mu5) sets+=(unlabelled_ratio=5) ;;  # with fixmatch: 5 unlabelled images a labelled one (Semi-ViT's; FixMatch:
+                # 7; default 2), a step ~2x the time
             *) echo "unknown variant $part in '$1': plain, mix, fixmatch, lpft, ema, pseudomix, semivit," \
-                    "semivit_weight, semivit_threshold or several joined by +" >&2
+                    "semivit_weight, semivit_threshold, mu5 or several joined by +" >&2
                exit 2 ;;
         esac
     done

@@ -101,7 +101,10 @@ def test_finetune_learns_exports_a_classifier_and_evaluate_uses_its_head(tiny, t
     accuracy = (encoder.logits(images).argmax(1) == labels).mean()
     assert accuracy > 0.5  # three colour-coded classes: a fine-tuned head separates them
     table = evaluate([str(tmp_path / "export")], archive, tmp_path / "ix", baselines=False, save_heads=False)
-    assert "fine-tuned" in table and f"{100 * accuracy:.1f}" in table
+    averaged = (encoder.logits(images, d4=True).argmax(1) == labels).mean()
+    header, row = table.splitlines()[0], table.splitlines()[2]
+    assert header.endswith("| fine-tuned | fine-tuned, 8 orientations |")
+    assert row.endswith(f"| {100 * accuracy:.1f} | {100 * averaged:.1f} |")
 
 
 def test_averaging_over_the_8_orientations_makes_a_prediction_free_of_them(tiny, tmp_path):
@@ -126,6 +129,8 @@ def test_averaging_over_the_8_orientations_makes_a_prediction_free_of_them(tiny,
     assert np.allclose(np.exp(averaged).sum(1), 1.0, atol=1e-5)
     plain = torch.softmax(torch.from_numpy(encoder.logits(x)), 1).numpy()
     assert np.allclose(encoder.orientation_probabilities(x)[0], plain, atol=1e-5)  # view 0: the image as it is
+    embedding, _ = encoder.embed_and_logits(x, d4=True)  # the embedding an index holds: the image's as it is
+    assert np.allclose(embedding, encoder.embed(x), atol=1e-5)
     for turned in (torch.rot90(x, 1, dims=(2, 3)), x.flip(2), x.transpose(2, 3)):
         assert np.allclose(encoder.logits(turned, d4=True), averaged, atol=1e-4)  # the same 8 views, reordered
     assert not np.allclose(encoder.logits(torch.rot90(x, 1, dims=(2, 3))), encoder.logits(x), atol=1e-4)
@@ -466,6 +471,7 @@ def test_shipped_weights_load_through_timm_and_match_the_onnx_encoder(name):
 def test_the_app_predicts_with_a_fine_tuned_models_own_head_and_says_so(tiny, tmp_path):
     from indexing.build import build
     from retrieval_app.service import RetrievalService
+    from retrieval_app.upload import decode_query
     from training.export import export_run
     from training.finetune import finetune
 
@@ -474,18 +480,21 @@ def test_the_app_predicts_with_a_fine_tuned_models_own_head_and_says_so(tiny, tm
     classifier = tmp_path / "tiny-ft"
     export_run(tmp_path / "run", classifier)
     build(classifier, archive, tmp_path / "ix")
-    service = RetrievalService.open([classifier], tmp_path / "ix")
-    try:
-        tile = archive / "2750" / "River" / "River_3.jpg"
-        result = service.query(tile, k=3).models["tiny-ft"]
-        assert result.head_name == "fine-tuned head (3 classes of archive)" and "fine-tuned" in result.display
-        from retrieval_app.upload import decode_query
-
-        image = decode_query(tile, ExportedEncoder(classifier).card).image
-        logits = ExportedEncoder(classifier).logits(image[None])[0]
-        p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-        assert max(result.probabilities, key=result.probabilities.get) == ["Forest", "River", "SeaLake"][p.argmax()]
-        assert abs(max(result.probabilities.values()) - p.max()) < 1e-5
-        assert "fine-tuned head" in service.query(tile, k=3).summary()
-    finally:
-        service.close()
+    tile = archive / "2750" / "River" / "River_3.jpg"
+    encoder = ExportedEncoder(classifier)
+    image = decode_query(tile, encoder.card).image[None]  # [1, C, S, S]
+    for orientations, title in ((True, "fine-tuned head over 8 orientations"), (False, "fine-tuned head")):
+        service = RetrievalService.open([classifier], tmp_path / "ix", orientations=orientations)
+        try:
+            result = service.query(tile, k=3).models["tiny-ft"]
+            assert result.head_name == f"{title} (3 classes of archive)" and "fine-tuned" in result.display
+            logits = encoder.logits(image, d4=orientations)[0]
+            p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            assert max(result.probabilities, key=result.probabilities.get) == ["Forest", "River", "SeaLake"][p.argmax()]
+            assert abs(max(result.probabilities.values()) - p.max()) < 1e-5
+            assert f": {title} (3 classes of archive) **" in service.query(tile, k=3).summary()
+            assert result.hits[0]["score"] > 0.999  # the tile itself, found by its embedding as it is
+        finally:
+            service.close()
+    averaged, plain = encoder.logits(image, d4=True), encoder.logits(image)
+    assert not np.allclose(averaged, plain, atol=1e-4)  # the two services above answered differently

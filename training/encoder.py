@@ -89,21 +89,30 @@ class ExportedEncoder:
     def logits(self, images: torch.Tensor | np.ndarray, d4: bool = False) -> np.ndarray:
         """A fine-tuned classifier's logits [B, classes] (softmax gives probabilities). ``d4``: averaged over the
         image's 8 orientations: the log of the mean of their probabilities, at 8 times the cost."""
-        if not d4:
-            return self.embed_and_logits(images)[1]
-        return np.log(self.orientation_probabilities(images).mean(0))
+        return self.embed_and_logits(images, d4)[1]
 
     def orientation_probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """A fine-tuned classifier's probabilities [8, B, classes] for each of the image's 8 orientations (quarter
         turns and mirror, ``augment.dihedral_views``; the first is the image as it is)."""
-        x = torch.from_numpy(self.prepare(images))  # [B, C, S, S]: resized first, so that every view is square
-        return np.stack([torch.softmax(torch.from_numpy(self.embed_and_logits(view)[1]), 1).numpy()
-                         for view in dihedral_views(x)])
+        return self._oriented(images)[1]
 
-    def embed_and_logits(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A fine-tuned classifier's (embeddings [B, D], logits [B, classes]) from one run of the graph."""
+    def embed_and_logits(self, images: torch.Tensor | np.ndarray, d4: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """A fine-tuned classifier's (embeddings [B, D], logits [B, classes]) from one run of the graph; ``d4``: the
+        logits averaged over the image's 8 orientations (as :meth:`logits`), the embedding still the image's as it
+        is (what an index holds), from the same eight runs."""
         if self.classes is None:
             raise ValueError(f"model {self.name!r} is an encoder, not a fine-tuned classifier: it has no logits "
                              "(fine-tune it with `python -m training finetune --init ...`)")
-        embedding, logits = self.session.run(["embedding", "logits"], {"image": self.prepare(images)})
-        return embedding, logits
+        if not d4:
+            embedding, logits = self.session.run(["embedding", "logits"], {"image": self.prepare(images)})
+            return embedding, logits
+        embedding, probabilities = self._oriented(images)
+        return embedding, np.log(probabilities.mean(0))
+
+    def _oriented(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings [B, D] of the image as it is, probabilities [8, B, classes] of its 8 orientations)."""
+        x = torch.from_numpy(self.prepare(images))  # [B, C, S, S]: resized first, so that every view is square
+        outputs = [self.embed_and_logits(view) for view in dihedral_views(x)]  # view 0: the image as it is
+        probabilities = np.stack([torch.softmax(torch.from_numpy(logits), 1).numpy() for _, logits in outputs])
+        return outputs[0][0], probabilities
