@@ -76,7 +76,8 @@ def one_by_one_or_batched(encoder, rounds: int) -> None:
     from training.augment import dihedral_views
 
     size = encoder.input_size
-    views = [view.numpy() for view in dihedral_views(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)))]
+    tile = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))  # [1, C, S, S]
+    views = [view.numpy() for view in dihedral_views(tile)]  # 8 x [1, C, S, S]
     batch = np.concatenate(views)  # [8, C, S, S]
     outputs = ["embedding", "logits"]
     ways = {"one by one": lambda: [encoder.session.run(outputs, {"image": view}) for view in views],
