@@ -72,9 +72,11 @@ def variant(dataset: str, run: dict) -> str:
     _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft|ema, or several joined by +>[-r<pixels>]"
     names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT", "ema": "EMA teacher",
              "pseudomix": "pseudo-MixUp", "semivit": "FixMatch as Semi-ViT",
-             "semivit_weight": "Semi-ViT's loss weight", "semivit_threshold": "Semi-ViT's threshold"}
+             "semivit_weight": "Semi-ViT's loss weight", "semivit_threshold": "Semi-ViT's threshold",
+             "mu5": "5 unlabelled a labelled"}
     # (study/finetune.sh; ema: FixMatch labels with a moving average; pseudomix: its strong views mixed in pairs;
-    # semivit: at Semi-ViT's weight and threshold, with its pseudo-MixUp; semivit_weight / _threshold: one of them)
+    # semivit: at Semi-ViT's weight and threshold, with its pseudo-MixUp; semivit_weight / _threshold: one of them;
+    # mu5: FixMatch with 5 unlabelled images a labelled one, not 2)
     mixing = " + ".join(names[part] for part in mix.split("+") if part in names)
     return (f", {mixing}" if mixing else "") + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
 
