@@ -5,8 +5,8 @@
 For each shipped fine-tuned classifier with its index (``mae-ft`` on the demo archive, ``mae-aid-ft`` on the located
 one; built with ``python -m indexing build`` first where missing), two services over the same index: the class from
 the tile as it is ("plain", the app's default) and averaged over its 8 orientations ("8 views", the app's
-``--orientations``). They take turns
-in chunks of ``--chunk`` queries on the same archive tiles, so a busy machine slows both alike. Printed: the whole
+``--orientations``). They take turns in chunks of ``--chunk`` queries on the same archive tiles, so a busy machine
+slows both alike. Printed: the whole
 query (decode -> embed + head -> search -> catalogue rows) and its embed stage, p50 / p95, and what the 8 views add;
 then the graph run on the 8 views one after the other (as served) against one batch of 8, interleaved. Not a test.
 """
@@ -21,16 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_app import percentiles  # benchmarks/bench_app.py, beside this file: "p50 … ms   p95 … ms   (n=…)"
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = {"mae-ft": (REPO / "assets" / "demo", REPO / "index"),
                "mae-aid-ft": (REPO / "assets" / "located", REPO / "index" / "located")}
-
-
-def p50_p95(samples_ms: list[float]) -> str:
-    q = np.percentile(samples_ms, [50, 95])
-    return f"p50 {q[0]:6.1f} ms   p95 {q[1]:6.1f} ms   (n={len(samples_ms)})"
 
 
 def bench(model: str, archive: Path, index_dir: Path, queries: int, chunk: int) -> None:
@@ -58,7 +54,8 @@ def bench(model: str, archive: Path, index_dir: Path, queries: int, chunk: int) 
             changed += sum(a != b for a, b in zip(predictions["plain"], predictions["8 views"]))
         print(f"[{model}] {archive.relative_to(REPO)}, input {services['plain'].models[model].encoder.input_size} px")
         for name in services:
-            print(f"[{model}] {name:8s} whole query: {p50_p95(total[name])};  embed + head: {p50_p95(embed[name])}")
+            print(f"[{model}] {name:8s} whole query: {percentiles(total[name])};  "
+                  f"embed + head: {percentiles(embed[name])}")
         added = statistics.median(total["8 views"]) - statistics.median(total["plain"])
         ratio = statistics.median(embed["8 views"]) / statistics.median(embed["plain"])
         print(f"[{model}] 8 views add {added:.1f} ms to the median query (embed + head {ratio:.1f}x); "
@@ -88,8 +85,8 @@ def one_by_one_or_batched(encoder, rounds: int) -> None:
             start = time.perf_counter()
             run()
             times[name].append((time.perf_counter() - start) * 1e3)
-    print(f"[{encoder.name}] the 8 views one by one: {p50_p95(times['one by one'])};  as one batch: "
-          f"{p50_p95(times['one batch'])}")
+    print(f"[{encoder.name}] the 8 views one by one: {percentiles(times['one by one'])};  as one batch: "
+          f"{percentiles(times['one batch'])}")
 
 
 def main() -> None:
