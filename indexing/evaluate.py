@@ -213,7 +213,10 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
         if label_budgets:
             few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
         if save_heads and name != "random-init":
-            if not trained_elsewhere(encoder.card, archive):
+            if encoder.classes is not None:  # a probe on every train label could stand in for a 1 % classifier
+                logger.info("%s is a fine-tuned classifier with its own head: no linear head saved (a probe re-fitted "
+                            "on its own labelled images: study/refit_probe.py --save)", name)
+            elif not trained_elsewhere(encoder.card, archive):
                 saved = save_head(head, classes, model_dir, encoder.card, archive)
                 logger.info("saved the linear head to %s", saved)
             else:

@@ -65,23 +65,35 @@ def predict(head: dict[str, Any], features: np.ndarray) -> np.ndarray:
 
 
 def save_head(head: dict[str, Any], classes: list[str], model_dir: Path, card: dict[str, Any],
-              archive: str | Path | None = None) -> Path:
+              archive: str | Path | None = None, chosen_over_head: dict[str, float] | None = None) -> Path:
     """Write ``model_dir/linear_head.npz`` (plain arrays, no pickle; ``archive``: where its labels came from, when
-    known) and return its path."""
+    known) and return its path. ``chosen_over_head``: a probe re-fitted on a fine-tuned classifier's embeddings,
+    with the val accuracies (%) that chose it over the classifier's own head (``val_head``, ``val_probe``): only such
+    a probe replaces the head in the app (:func:`replaces_fine_tuned_head`)."""
     path = Path(model_dir) / HEAD_NAME
     np.savez(path, weight=head["weight"], bias=head["bias"], mean=head["mean"], scale=head["scale"],
              classes=np.array(classes, dtype=str), C=np.float64(head["C"]),
              features=np.array("mean-pooled embedding from encoder.onnx, not normalised"),
              model_exported_at=np.array(str(card.get("exported_at"))),
-             **({"archive": np.array(str(archive))} if archive is not None else {}))
+             **({"archive": np.array(str(archive))} if archive is not None else {}),
+             **{key: np.float64(value) for key, value in (chosen_over_head or {}).items()})
     return path
 
 
 def load_head(model_dir: Path) -> dict[str, Any]:
-    """The arrays of ``model_dir/linear_head.npz`` (``classes`` as a list of str)."""
+    """The arrays of ``model_dir/linear_head.npz`` (``classes`` as a list of str, the val accuracies as floats)."""
     with np.load(Path(model_dir) / HEAD_NAME, allow_pickle=False) as data:
         head = {k: data[k] for k in data.files}
     head["classes"] = [str(c) for c in head["classes"]]
     if "archive" in head:
         head["archive"] = str(head["archive"])
+    for key in ("val_head", "val_probe"):
+        if key in head:
+            head[key] = float(head[key])
     return head
+
+
+def replaces_fine_tuned_head(head: dict[str, Any]) -> bool:
+    """Whether a probe beside a fine-tuned classifier beat that classifier's own head on val
+    (``study/refit_probe.py --save`` writes only such a probe)."""
+    return "val_probe" in head and head["val_probe"] > head["val_head"]

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from indexing.encoders import OnnxEncoder, load_encoder, normalised
 from indexing.paths import index_dir_for, model_key, resolve_model
-from indexing.probe import HEAD_NAME, load_head
+from indexing.probe import HEAD_NAME, load_head, replaces_fine_tuned_head
 from indexing.search import search_vectors
 from indexing.store import OpenIndex, open_index
 from training.data import UnreadableImageError, open_archive
@@ -91,8 +91,10 @@ class QueryError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """One model with its index: encoder (ONNX), opened index + catalogue, linear head (or None).
-    ``orientations``: a fine-tuned head's probabilities are averaged over the tile's 8 orientations."""
+    """One model with its index: encoder (ONNX), opened index + catalogue, linear head (or None; beside a fine-tuned
+    classifier, a probe re-fitted on its embeddings that beat its own head on val, else None).
+    ``orientations``: a fine-tuned classifier's probabilities (its head's or its probe's) are averaged over the
+    tile's 8 orientations."""
 
     key: str
     encoder: OnnxEncoder
@@ -111,12 +113,18 @@ class LoadedModel:
         return method if method.lower().replace("-", "") == self.key.lower() else f"{method} ({self.key})"
 
     @property
+    def own_head(self) -> bool:
+        """Whether the class probabilities come from a fine-tuned classifier's own head (its ``logits``)."""
+        return self.encoder.classes is not None and self.head is None
+
+    @property
     def head_name(self) -> str:
         """Which head gives the model's class probabilities: a fine-tuned classifier's own (averaged over the
-        tile's 8 orientations where it is), or the linear probe."""
+        tile's 8 orientations where it is), a probe re-fitted on its embeddings, or the linear probe."""
         if self.encoder.classes is None:
             return "linear probe"
-        return "fine-tuned head over 8 orientations" if self.orientations else "fine-tuned head"
+        head = "fine-tuned head" if self.own_head else "linear probe on the fine-tuned embeddings"
+        return f"{head} over 8 orientations" if self.orientations else head
 
     @property
     def class_set(self) -> str:
@@ -232,8 +240,10 @@ class RetrievalService:
         orientations (quarter turns and mirror), an ensemble: +0.3 and +0.55 val accuracy for the shipped
         ``mae-ft`` and ``mae-aid-ft`` (RESULTS.md, "Averaging over the 8 orientations") at 8 times the inference,
         +37 and +155 ms a search on one core (``benchmarks/bench_orientations.py``; one batch of 8 is no faster),
-        so off unless asked for. The search still uses the tile's embedding as it is. Linear probes: never
-        (not measured).
+        so off unless asked for. The search still uses the tile's embedding as it is. A frozen encoder's linear
+        probe: never (not measured). A fine-tuned classifier whose folder holds a probe re-fitted on its
+        embeddings that beat its own head on val (``study/refit_probe.py --save``; the shipped two: +0.8 and +1.9)
+        predicts with that probe, with ``orientations`` averaged over the 8 orientations' embeddings (+0.1, +0.3).
 
         ``threads``: ONNX Runtime intra-op threads per model (None = one per core). One is right when the models
         run side by side: on this 2-core CPU two one-thread sessions embed a tile each in 4.6 ms together, one
@@ -257,7 +267,9 @@ class RetrievalService:
                                    f"rebuild it with `python -m indexing build --model {model}`.")
             model_dir = resolve_model(model)
             head = load_head(model_dir) if (model_dir / HEAD_NAME).is_file() else None
-            if head is None:
+            if encoder.classes is not None:
+                head = _probe_over_fine_tuned_head(model, head, encoder.classes)
+            elif head is None:
                 logger.warning("%s has no %s: classes come from the kNN vote only (fit one with "
                                "`python -m indexing evaluate --model %s`)", model, HEAD_NAME, model)
             archive = Path(opened.manifest["archive"]).resolve()
@@ -492,9 +504,12 @@ class RetrievalService:
     def _query_model(self, model: LoadedModel, query: QueryImage, k: int, filters: Filters,
                      query_hash: str | None) -> ModelResult:
         t0 = time.perf_counter()
-        if model.encoder.classes is not None:  # a fine-tuned classifier: its own head, in the same run(s)
+        if model.own_head:  # a fine-tuned classifier: its own head, in the same run(s) of the graph
             embedding, logits = model.encoder.embed_and_logits(query.image[None], model.orientations)  # [1, D], [1, K]
             probabilities = _softmax(logits[0], model.encoder.classes)
+        elif model.orientations:  # a probe re-fitted on a fine-tuned classifier's embeddings, over the 8 views
+            views, _ = model.encoder.oriented(query.image[None])  # [8, 1, D]; view 0: the tile as it is
+            embedding, probabilities = views[0], _apply_head(model.head, views[:, 0])
         else:
             embedding = model.encoder.embed(query.image[None])  # [1, D], not normalised
             probabilities = _apply_head(model.head, embedding[0]) if model.head is not None else None
@@ -616,10 +631,32 @@ def _from_array(array: np.ndarray, card: dict[str, Any]) -> QueryImage:
                                                                           array.shape[0]))
 
 
-def _apply_head(head: dict[str, Any], embedding: np.ndarray) -> dict[str, float]:
-    """Softmax probabilities {class: p} (descending) of the linear probe on the raw embedding [D]."""
-    logits = ((embedding - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [C]
-    return _softmax(logits, head["classes"])
+def _apply_head(head: dict[str, Any], embeddings: np.ndarray) -> dict[str, float]:
+    """Softmax probabilities {class: p} (descending) of the linear probe on the raw embedding [D], or their mean over
+    the embeddings [V, D] of one tile's views."""
+    logits = ((np.atleast_2d(embeddings) - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [V, C]
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):  # a class absent from the probe's train labels: probability 0, log -inf
+        return _softmax(np.log(probabilities.mean(axis=0)), head["classes"])
+
+
+def _probe_over_fine_tuned_head(model: str | Path, head: dict[str, Any] | None,
+                                classes: list[str]) -> dict[str, Any] | None:
+    """The probe beside a fine-tuned classifier where it beat the classifier's own head on val, else None (the own
+    head predicts)."""
+    if head is None:
+        return None
+    if not replaces_fine_tuned_head(head):
+        logger.info("%s: its %s did not beat its fine-tuned head on val: the fine-tuned head predicts", model,
+                    HEAD_NAME)
+        return None
+    if head["classes"] != classes:
+        raise RuntimeError(f"{model}: its {HEAD_NAME} predicts {head['classes']}, the classifier {classes}: refit it "
+                           f"with `python study/refit_probe.py <model folder> --save`")
+    logger.info("%s: a probe re-fitted on its embeddings predicts (val %.2f %% against its head's %.2f %%)", model,
+                head["val_probe"], head["val_head"])
+    return head
 
 
 def _softmax(logits: np.ndarray, classes: list[str]) -> dict[str, float]:

@@ -404,7 +404,7 @@ def create_demo(services: Services, export_dir: str | Path | None = None, tiles:
     with gr.Blocks(title="satjepa: I-JEPA vs MAE retrieval", analytics_enabled=False) as demo:
         gr.Markdown("# satjepa — query by image, I-JEPA vs MAE side by side\n"
                     "Upload a satellite tile (JPEG, PNG or GeoTIFF) or pick an example from the archive; each model "
-                    "shows its most similar scenes, its predicted class (its fine-tuned head, else a linear probe) "
+                    "shows its most similar scenes, its predicted class (by the head its panel names) "
                     "and the kNN vote of its neighbours. Click a result to see **why it matched**.")
         state = gr.State({})
         with gr.Row():

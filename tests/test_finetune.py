@@ -498,3 +498,63 @@ def test_the_app_predicts_with_a_fine_tuned_models_own_head_and_says_so(tiny, tm
             service.close()
     averaged, plain = encoder.logits(image, d4=True), encoder.logits(image)
     assert not np.allclose(averaged, plain, atol=1e-4)  # the two services above answered differently
+
+
+def test_a_probe_refitted_on_a_fine_tuned_models_embeddings_predicts_in_the_app_where_val_chose_it(tiny, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from indexing.build import build
+    from indexing.probe import HEAD_NAME, load_head, save_head
+    from retrieval_app.service import RetrievalService
+    from retrieval_app.upload import decode_query
+    from training.data import open_archive
+    from training.export import export_run
+    from training.finetune import finetune
+
+    root, archive, model = tiny
+    finetune(_config(model, label_fraction=0.5), str(archive), tmp_path / "run")
+    classifier = tmp_path / "tiny-ft"
+    card = export_run(tmp_path / "run", classifier)
+
+    script = Path(__file__).resolve().parents[1] / "study" / "refit_probe.py"
+    printed = subprocess.run([sys.executable, str(script), str(classifier), "--save", "--d4"], capture_output=True,
+                             text=True, check=True).stdout
+    row = json.loads(printed.splitlines()[-1])
+    val = open_archive(archive, "val")
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    labels = np.array([val[i]["label"] for i in range(len(val))])
+    encoder = ExportedEncoder(classifier)
+    assert row["labelled"] == card["labelled_images"] < len(open_archive(archive, "train"))  # the run's own half
+    assert row["val_images"] == len(val)
+    for column, d4 in (("val_head", False), ("val_head_d4", True)):
+        assert row[column] == round(100 * (encoder.logits(images, d4).argmax(1) == labels).mean(), 2)
+    assert 0 <= row["val_probe_d4"] <= 100
+    assert ("saved" in row) == (row["val_probe"] > row["val_head"]) == (classifier / HEAD_NAME).is_file()
+
+    # a random probe: the app predicts with it only where it beat the head on val, over the 8 orientations if asked
+    build(classifier, archive, tmp_path / "ix")
+    tile = archive / "2750" / "River" / "River_3.jpg"
+    dim = card["embedding_dim"]
+    rng = np.random.default_rng(0)
+    probe = {"weight": rng.normal(size=(3, dim)).astype(np.float32), "bias": np.zeros(3, np.float32),
+             "mean": np.zeros(dim, np.float32), "scale": np.ones(dim, np.float32), "C": 1.0}
+    views, _ = encoder.oriented(decode_query(tile, card).image[None])  # [8, 1, D]
+    view_p = torch.softmax(torch.from_numpy(views[:, 0] @ probe["weight"].T), -1).numpy()  # [8, 3]
+    assert np.abs(view_p[0] - view_p.mean(0)).max() > 1e-4  # the average is not the tile as it is
+    for val_probe, orientations, expected, title in (
+            (90.0, False, view_p[0], "linear probe on the fine-tuned embeddings"),
+            (90.0, True, view_p.mean(0), "linear probe on the fine-tuned embeddings over 8 orientations"),
+            (70.0, True, None, "fine-tuned head over 8 orientations")):
+        save_head(probe, card["classes"], classifier, card, archive, {"val_head": 80.0, "val_probe": val_probe})
+        assert load_head(classifier)["val_probe"] == val_probe
+        service = RetrievalService.open([classifier], tmp_path / "ix", orientations=orientations)
+        try:
+            result = service.query(tile, k=3).models["tiny-ft"]
+        finally:
+            service.close()
+        assert result.head_name == f"{title} (3 classes of archive)"
+        if expected is not None:
+            assert [result.probabilities[c] for c in card["classes"]] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert result.hits[0]["score"] > 0.999  # the search: the tile as it is, whichever head

@@ -94,7 +94,8 @@ class ExportedEncoder:
     def orientation_probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """A fine-tuned classifier's probabilities [8, B, classes] for each of the image's 8 orientations (quarter
         turns and mirror, ``augment.dihedral_views``; the first is the image as it is)."""
-        return self._oriented(images)[1]
+        _, logits = self.oriented(images)
+        return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
     def embed_and_logits(self, images: torch.Tensor | np.ndarray, d4: bool = False
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -107,12 +108,15 @@ class ExportedEncoder:
         if not d4:
             embedding, logits = self.session.run(["embedding", "logits"], {"image": self.prepare(images)})
             return embedding, logits
-        embedding, probabilities = self._oriented(images)
-        return embedding, np.log(probabilities.mean(0))
+        embeddings, logits = self.oriented(images)
+        probabilities = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        return embeddings[0], np.log(probabilities.mean(0))
 
-    def _oriented(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [B, D] of the image as it is, probabilities [8, B, classes] of its 8 orientations)."""
+    def oriented(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image's 8 orientations (``augment.dihedral_views``; view 0 is the image as it is) through the graph
+        one after the other: (embeddings [8, B, D], a fine-tuned classifier's logits [8, B, classes] or None)."""
         x = torch.from_numpy(self.prepare(images))  # [B, C, S, S]: resized first, so that every view is square
-        outputs = [self.embed_and_logits(view) for view in dihedral_views(x)]  # view 0: the image as it is
-        probabilities = np.stack([torch.softmax(torch.from_numpy(logits), 1).numpy() for _, logits in outputs])
-        return outputs[0][0], probabilities
+        if self.classes is None:
+            return np.stack([self.embed(view) for view in dihedral_views(x)]), None
+        outputs = [self.embed_and_logits(view) for view in dihedral_views(x)]
+        return np.stack([embedding for embedding, _ in outputs]), np.stack([logits for _, logits in outputs])
