@@ -1,4 +1,6 @@
-"""What averaging a fine-tuned head over the tile's 8 orientations costs a search in the app's service.
+"""What averaging a fine-tuned classifier's class probabilities over the tile's 8 orientations costs a search in the
+app's service (its own head's, or those of the probe re-fitted on its embeddings where one beat the head on val,
+as beside the shipped two since 2026-12-07: the same 8 runs of the graph either way).
 
     python benchmarks/bench_orientations.py [--queries 60] [--chunk 5]
 
