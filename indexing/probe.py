@@ -58,10 +58,14 @@ def _full_head(model: LogisticRegression, num_classes: int) -> tuple[np.ndarray,
     return weight, bias
 
 
+def probe_logits(head: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    """Logits [..., C] of raw features [..., D] under a head from :func:`fit_linear_probe` or :func:`load_head`."""
+    return ((features - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]
+
+
 def predict(head: dict[str, Any], features: np.ndarray) -> np.ndarray:
     """Class indices [N] of features [N, D] under a head from :func:`fit_linear_probe` or :func:`load_head`."""
-    logits = ((features - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [N, C]
-    return logits.argmax(axis=1)
+    return probe_logits(head, features).argmax(axis=-1)
 
 
 def save_head(head: dict[str, Any], classes: list[str], model_dir: Path, card: dict[str, Any],

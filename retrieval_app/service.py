@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from indexing.encoders import OnnxEncoder, load_encoder, normalised
 from indexing.paths import index_dir_for, model_key, resolve_model
-from indexing.probe import HEAD_NAME, load_head, replaces_fine_tuned_head
+from indexing.probe import HEAD_NAME, load_head, probe_logits, replaces_fine_tuned_head
 from indexing.search import search_vectors
 from indexing.store import OpenIndex, open_index
 from training.data import UnreadableImageError, open_archive
@@ -634,7 +634,7 @@ def _from_array(array: np.ndarray, card: dict[str, Any]) -> QueryImage:
 def _apply_head(head: dict[str, Any], embeddings: np.ndarray) -> dict[str, float]:
     """Softmax probabilities {class: p} (descending) of the linear probe on the raw embedding [D], or their mean over
     the embeddings [V, D] of one tile's views."""
-    logits = ((np.atleast_2d(embeddings) - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]  # [V, C]
+    logits = probe_logits(head, np.atleast_2d(embeddings))  # [V, C]
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore"):  # a class absent from the probe's train labels: probability 0, log -inf

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexing.probe import fit_linear_probe, predict, save_head
+from indexing.probe import fit_linear_probe, predict, probe_logits, save_head
 from training.data import open_archive
 from training.encoder import ExportedEncoder, read_card
 from training.subsets import stratified_subset
@@ -63,10 +63,8 @@ def accuracies(probe: dict, embeddings: np.ndarray, logits: np.ndarray, labels: 
     row = {f"{split}_head": percent((logits[0] if oriented else logits).argmax(-1)),
            f"{split}_probe": percent(predict(probe, embeddings[0] if oriented else embeddings))}
     if oriented:
-        probe_logits = np.stack([((x - probe["mean"]) / probe["scale"]) @ probe["weight"].T + probe["bias"]
-                                 for x in embeddings])  # [8, N, K]
         row |= {f"{split}_head_d4": percent(averaged(logits).argmax(-1)),
-                f"{split}_probe_d4": percent(averaged(probe_logits).argmax(-1))}
+                f"{split}_probe_d4": percent(averaged(probe_logits(probe, embeddings)).argmax(-1))}
     return row
 
 
