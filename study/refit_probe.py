@@ -4,6 +4,7 @@ the head it was fine-tuned with? Val accuracy of both, from the run's own labell
     python study/refit_probe.py runs/mu5/recipe-mae-1-p600-lpft+fixmatch+ema+mu5/export assets/models/mae-ft
     python study/refit_probe.py RUN/export --test --json study/refit-probe-X-test.json   # test once, after val
     python study/refit_probe.py assets/models/mae-ft --save   # where val chose the probe: the app predicts with it
+    python study/refit_probe.py RUN/export --pseudo   # the probe also fitted on the head's confident pseudo-labels
 
 The probe is the frozen encoders' (``indexing.probe``: standardised features, logistic regression), fitted on
 exactly the train images the classifier was fine-tuned on (its card's label fraction and draw,
@@ -13,6 +14,11 @@ Head and probe are then both scored on every image of val (with ``--test``: of t
 gives the embedding and the head's logits (``ExportedEncoder.embed_and_logits``). ``--save`` writes the probe
 beside the classifier (``linear_head.npz``, with both val accuracies) where it beat the head on val: the app then
 predicts with it (``retrieval_app.service``), and says so.
+
+``--pseudo`` fits the probe on the labelled images and on the unlabelled rest of train where the fine-tuned head is
+confident, labelled by the head (self-training of the probe alone): confident by the run's own FixMatch rule (its
+card's threshold as a share of what label smoothing lets the head predict, ``training.fixmatch``), fixed in advance,
+not tuned. The true labels of those images are read only to report how many of the pseudo-labels are right.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from tqdm import tqdm
 from indexing.probe import fit_linear_probe, predict, probe_logits, save_head
 from training.data import open_archive
 from training.encoder import ExportedEncoder, read_card
+from training.fixmatch import confidence_threshold
 from training.subsets import stratified_subset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +75,25 @@ def accuracies(probe: dict, embeddings: np.ndarray, logits: np.ndarray, labels: 
     return row
 
 
+def confident_pseudo_labels(card: dict, logits: np.ndarray, labelled: np.ndarray,
+                            true_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The unlabelled train images [M] (those not in ``labelled``) whose head confidence (softmax of ``logits`` [N,
+    K]) reaches the run's FixMatch threshold, their pseudo-labels [M], and a row: the threshold, M, and the share of
+    them that is right (``true_labels`` [N], read for that alone)."""
+    settings = card.get("finetune", {})
+    threshold = confidence_threshold(settings.get("fixmatch_threshold", 0.95), settings.get("label_smoothing", 0.1),
+                                     logits.shape[1])
+    probabilities = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    unlabelled = np.setdiff1d(np.arange(len(logits)), labelled)
+    confident = unlabelled[probabilities[unlabelled].max(-1) >= threshold]
+    labels = probabilities[confident].argmax(-1)
+    right = round(100 * float((labels == true_labels[confident]).mean()), 2) if len(confident) else None
+    return confident, labels, {"pseudo_threshold": round(threshold, 4), "pseudo_labelled": len(confident),
+                               "pseudo_right": right}
+
+
 def compare(model: Path, archive: Path, test: bool, save: bool = False, d4: bool = False,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, pseudo: bool = False) -> dict:
     """Val (and test) accuracy in % of the classifier's own head and of a probe re-fitted on its embeddings; ``d4``:
     also of each averaged over the image's 8 orientations (the app's ``--orientations``)."""
     encoder = ExportedEncoder(model, threads=threads)
@@ -81,12 +105,17 @@ def compare(model: Path, archive: Path, test: bool, save: bool = False, d4: bool
     train = open_archive(archive, "train")
     train_labels = np.array([item.label for item in train.items])
     labelled = stratified_subset(train_labels, fraction, seed)  # the run's own labelled images
-    x_train, _, y_train = embeddings_and_logits(encoder, train, labelled)
+    x_seen, seen_logits, y_seen = embeddings_and_logits(encoder, train, None if pseudo else labelled)
+    x_train, y_train, pseudo_row = x_seen, y_seen, {}
+    if pseudo:  # x_seen: every train image, in order
+        confident, pseudo_labels, pseudo_row = confident_pseudo_labels(card, seen_logits, labelled, y_seen)
+        x_train = np.concatenate([x_seen[labelled], x_seen[confident]])
+        y_train = np.concatenate([y_seen[labelled], pseudo_labels])
     x_val, val_logits, y_val = embeddings_and_logits(encoder, open_archive(archive, "val"), d4=d4)
     tune = np.arange(len(y_val)) if fraction == 1 else stratified_subset(y_val, fraction, seed)
     probe = fit_linear_probe(x_train, y_train, (x_val[0] if d4 else x_val)[tune], y_val[tune])
     row = {"model": str(model), "archive": str(archive), "labelled": len(labelled), "label_seed": seed,
-           "C": probe["C"], "C_chosen_on": len(tune), "val_images": len(y_val),
+           **pseudo_row, "C": probe["C"], "C_chosen_on": len(tune), "val_images": len(y_val),
            **accuracies(probe, x_val, val_logits, y_val, "val")}
     if test:
         x_test, test_logits, y_test = embeddings_and_logits(encoder, open_archive(archive, "test"), d4=d4)
@@ -107,13 +136,15 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="write the probe beside the classifier where it beat "
                                                              "the head on val (the app predicts with it)")
     parser.add_argument("--d4", action="store_true", help="also each averaged over the image's 8 orientations")
+    parser.add_argument("--pseudo", action="store_true", help="fit the probe on the head's confident pseudo-labels "
+                                                               "of the unlabelled train images too")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
     parser.add_argument("--json", type=Path, help="keep the rows in this JSON file")
     args = parser.parse_args()
     rows = []
     for model in args.models:
         archive = args.archive or (REPO / read_card(model)["training_data"]).resolve()
-        rows.append(compare(model, archive, args.test, args.save, args.d4, args.threads))
+        rows.append(compare(model, archive, args.test, args.save, args.d4, args.threads, args.pseudo))
         print(json.dumps(rows[-1]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -558,3 +558,27 @@ def test_a_probe_refitted_on_a_fine_tuned_models_embeddings_predicts_in_the_app_
         if expected is not None:
             assert [result.probabilities[c] for c in card["classes"]] == pytest.approx(expected.tolist(), abs=1e-5)
         assert result.hits[0]["score"] > 0.999  # the search: the tile as it is, whichever head
+
+
+def test_the_refitted_probe_takes_pseudo_labels_where_the_head_passes_the_runs_own_threshold():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "study" / "refit_probe.py"
+    spec = importlib.util.spec_from_file_location("study_refit_probe", path)
+    refit_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refit_probe)
+
+    height = np.array([10.0, 10.0, 10.0, 2.5, 1.0])  # softmax top ~1.0, ~1.0, ~1.0, 0.575, 0.23 over 10 classes
+    predicted = np.array([3, 4, 5, 6, 7])
+    logits = np.zeros((5, 10), np.float32)
+    logits[np.arange(5), predicted] = height
+    true_labels = np.array([3, 4, 0, 6, 7])  # image 2's head is confident and wrong
+    labelled = np.array([0])  # image 0's label is known: never pseudo-labelled
+    fixmatch = {"finetune": {"fixmatch_threshold": 0.95, "label_smoothing": 0.1}}  # 0.95 x 0.91
+    confident, labels, row = refit_probe.confident_pseudo_labels(fixmatch, logits, labelled, true_labels)
+    assert confident.tolist() == [1, 2] and labels.tolist() == [4, 5]
+    assert row == {"pseudo_threshold": round(0.95 * 0.91, 4), "pseudo_labelled": 2, "pseudo_right": 50.0}
+    semi_vit = {"finetune": {"fixmatch_threshold": 0.6, "label_smoothing": 0.1}}  # a run's own, lower threshold
+    confident, labels, row = refit_probe.confident_pseudo_labels(semi_vit, logits, labelled, true_labels)
+    assert confident.tolist() == [1, 2, 3] and labels.tolist() == [4, 5, 6] and row["pseudo_right"] == 66.67

@@ -38,7 +38,8 @@ from training.data import band_statistics, open_archive
 from training.distributed import device_name, pick_device
 from training.engine import append_jsonl, truncate_metrics
 from training.feed import epoch_order, preload
-from training.fixmatch import confidence_mix, consistency_loss, ema_labeller, pseudo_labels, strong_view
+from training.fixmatch import (confidence_mix, confidence_threshold, consistency_loss, ema_labeller, pseudo_labels,
+                               strong_view)
 from training.learner import NonFiniteLossError, step_generator
 from training.models.backbone import create_encoder, use_explicit_attention
 from training.precision import autocast, training_precision
@@ -224,9 +225,7 @@ class Finetuner:
         self.mixer = self._mixer()
         if self.mixer is not None:
             self.batch_size -= self.batch_size % 2  # a batch is mixed with itself reversed: pairs
-        # label smoothing caps what the model learns to predict at 1 - e + e / K (0.91 for 10 classes at 0.1):
-        # FixMatch's threshold is a share of that cap, or no pseudo-label would ever pass 0.95
-        self.threshold = c.fixmatch_threshold * (1 - c.label_smoothing + c.label_smoothing / len(self.classes))
+        self.threshold = confidence_threshold(c.fixmatch_threshold, c.label_smoothing, len(self.classes))
         self.steps_per_epoch = len(self.targets) // self.batch_size
         self.total = max(c.epochs * self.steps_per_epoch, c.min_steps)
         self.peak_lr = c.lr * self.batch_size / 256

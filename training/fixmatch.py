@@ -44,6 +44,13 @@ def strong_view(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([STRONG(image) for image in as_bytes]).float() / 255
 
 
+def confidence_threshold(share: float, label_smoothing: float, classes: int) -> float:
+    """FixMatch's threshold as a probability: ``share`` (0.95) of the most a model trained with ``label_smoothing``
+    over ``classes`` learns to predict, 1 - e + e / K (0.91 for 10 classes at e = 0.1), or no pseudo-label of a
+    smoothed model would ever pass 0.95."""
+    return share * (1 - label_smoothing + label_smoothing / classes)
+
+
 def ema_labeller(model: torch.nn.Module, momentum: float) -> ModelEmaV3:
     """A moving average of ``model``'s weights (parameters and buffers) to label with; ``.update(model)`` after each
     optimiser step, ``.module`` is the averaged model (in eval mode, no gradients)."""
