@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,19 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Committed fixtures made by tests/data/<name>/data.py.
 FIXTURES = Path(__file__).resolve().parent / "data"
+#: The study's scripts (study/*.py: run as scripts, not a package).
+STUDY = Path(__file__).resolve().parents[1] / "study"
+
+
+@pytest.fixture(scope="session")
+def study_script():
+    """A loader of the study's scripts as modules: ``study_script("standing")`` is study/standing.py."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -321,19 +321,13 @@ def test_fixmatch_with_pseudo_mixup_trains_on_mixed_soft_targets(tiny, tmp_path)
         Finetuner(_config(model, fixmatch_mix=True, label_fraction=0.25), str(archive), tmp_path / "bad")
 
 
-def test_study_ema_val_measures_again_what_the_run_logged_at_its_end(tiny, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
+def test_study_ema_val_measures_again_what_the_run_logged_at_its_end(tiny, tmp_path, study_script):
     from training.finetune import finetune
 
     root, archive, model = tiny
     run = tmp_path / "run"
     finetune(_config(model, label_fraction=0.5, fixmatch=1.0, fixmatch_threshold=0.0, fixmatch_ema=0.5), str(archive), run)
-    path = Path(__file__).resolve().parents[1] / "study" / "ema_val.py"
-    spec = importlib.util.spec_from_file_location("study_ema_val", path)
-    ema_val = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ema_val)
+    ema_val = study_script("ema_val")
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert ema_val.measure(run) == (6, pytest.approx(last["val_accuracy"], abs=1e-5),  # logged to 5 digits
                                    pytest.approx(last["ema_val_accuracy"], abs=1e-5))
@@ -560,14 +554,8 @@ def test_a_probe_refitted_on_a_fine_tuned_models_embeddings_predicts_in_the_app_
         assert result.hits[0]["score"] > 0.999  # the search: the tile as it is, whichever head
 
 
-def test_the_refitted_probe_takes_pseudo_labels_where_the_head_passes_the_runs_own_threshold():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "study" / "refit_probe.py"
-    spec = importlib.util.spec_from_file_location("study_refit_probe", path)
-    refit_probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(refit_probe)
+def test_the_refitted_probe_takes_pseudo_labels_where_the_head_passes_the_runs_own_threshold(study_script):
+    refit_probe = study_script("refit_probe")
 
     height = np.array([10.0, 10.0, 10.0, 2.5, 1.0])  # softmax top ~1.0, ~1.0, ~1.0, 0.575, 0.23 over 10 classes
     predicted = np.array([3, 4, 5, 6, 7])

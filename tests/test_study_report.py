@@ -3,7 +3,6 @@ study/label_report.py counts each label draw once; study/finetune.sh gives every
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,17 +14,9 @@ import pytest
 REPORT = Path(__file__).resolve().parents[1] / "study" / "report.py"
 
 
-def study_module(path: Path):
-    """A script of study/ (not a package) loaded as a module."""
-    spec = importlib.util.spec_from_file_location(f"study_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def report():
-    return study_module(REPORT)
+def report(study_script):
+    return study_script("report")
 
 
 def test_a_run_resumed_with_more_threads_counts_each_stretch_at_its_own(report, tmp_path):
@@ -44,10 +35,10 @@ def test_a_run_resumed_with_more_threads_counts_each_stretch_at_its_own(report, 
     assert [r["core_minutes"] for r in losses] == pytest.approx([2.0, 4.0])
 
 
-def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it():
+def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it(study_script):
     """study/label_report.py: drawing sets together (--with) keeps one run per (init, labels per class, draw), so a
     draw rerun in another precision is not a second sample of the spread."""
-    label_report = study_module(REPORT.parent / "label_report.py")
+    label_report = study_script("label_report")
     first = {"eurosat-mae-1-seed0": {"init": "mae", "per_class": 16.2, "label_seed": 0, "test_accuracy": 0.76}}
     more = {"eurosat-mae-1": {"init": "mae", "per_class": 16.2, "test_accuracy": 0.75},  # draw 0, no seed recorded
             "eurosat-mae-10": {"init": "mae", "per_class": 162.0, "test_accuracy": 0.89},
@@ -58,10 +49,10 @@ def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it
     assert [(p["per_class"], p["runs"]) for p in points] == [(16.2, 2), (162.0, 1)]
 
 
-def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_draw(tmp_path):
+def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_draw(study_script, tmp_path):
     """study/label_report.py reads the seeds mode's names (-p<passes>, -<variant>, -seed<draw>) as their init and
     fraction, and refuses a folder holding two runs of one label draw before it scores anything."""
-    label_report = study_module(REPORT.parent / "label_report.py")
+    label_report = study_script("label_report")
     names = {"aid-mae-aid-10-p120-lpft-seed1": ("mae-aid", "10", "1"), "eurosat-mae-1-seed0": ("mae", "1", "0"),
              "aid-random-10": ("random", "10", None), "eurosat-mae-self-t2-1": ("mae-self-t2", "1", None),
              "eurosat-mae-1-p600-lpft+fixmatch-seed2": ("mae", "1", "2"),
@@ -84,9 +75,9 @@ def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_d
         label_report.exported_runs("aid", tmp_path)
 
 
-def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(tmp_path):
+def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(study_script, tmp_path):
     """study/finetune_runs.py, what finetune.sh's choosing modes read: the run's end, not its best point."""
-    finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
+    finetune_runs = study_script("finetune_runs")
     run = tmp_path / "recipe-mae-10-p30-plain"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 20, "loss": 2.0}\n')
@@ -100,10 +91,10 @@ def test_a_runs_final_val_is_its_last_measurement_and_an_unmeasured_run_says_so(
     assert finetune_runs.exported(run)
 
 
-def test_pseudo_label_quality_weights_each_step_by_its_confident_share_and_refuses_a_run_without_fixmatch(tmp_path):
+def test_pseudo_label_quality_weights_each_step_by_its_confident_share_and_refuses_a_run_without_fixmatch(study_script, tmp_path):
     """study/pseudo_labels.py's numbers: per half of the steps, the mean confident share and the accuracy of the
     confident pseudo-labels, weighted by how many each step had (a step with none counts in the share only)."""
-    finetune_runs = study_module(REPORT.parent / "finetune_runs.py")
+    finetune_runs = study_script("finetune_runs")
     run = tmp_path / "recipe-mae-1-p600-lpft+fixmatch"
     with pytest.raises(FileNotFoundError, match="lpft\\+fixmatch: not a fine-tuning run folder"):
         finetune_runs.pseudo_label_quality(run)
@@ -176,8 +167,8 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
 
 
 @pytest.fixture
-def standing():
-    return study_module(REPORT.parent / "standing.py")
+def standing(study_script):
+    return study_script("standing")
 
 
 def test_results_headline_tables_are_what_the_kept_test_scores_give(standing):
