@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from indexing.probe import fit_linear_probe, predict, probe_logits, save_head
+from training.config import FinetuneConfig
 from training.data import open_archive
 from training.encoder import ExportedEncoder, read_card
 from training.fixmatch import confidence_threshold
@@ -80,9 +81,9 @@ def confident_pseudo_labels(card: dict, logits: np.ndarray, labelled: np.ndarray
     """The unlabelled train images [M] (those not in ``labelled``) whose head confidence (softmax of ``logits`` [N,
     K]) reaches the run's FixMatch threshold, their pseudo-labels [M], and a row: the threshold, M, and the share of
     them that is right (``true_labels`` [N], read for that alone)."""
-    settings = card.get("finetune", {})
-    threshold = confidence_threshold(settings.get("fixmatch_threshold", 0.95), settings.get("label_smoothing", 0.1),
-                                     logits.shape[1])
+    settings, default = card.get("finetune", {}), FinetuneConfig()  # older cards predate FixMatch's settings
+    threshold = confidence_threshold(settings.get("fixmatch_threshold", default.fixmatch_threshold),
+                                     settings.get("label_smoothing", default.label_smoothing), logits.shape[1])
     probabilities = torch.softmax(torch.from_numpy(logits), -1).numpy()
     unlabelled = np.setdiff1d(np.arange(len(logits)), labelled)
     confident = unlabelled[probabilities[unlabelled].max(-1) >= threshold]
