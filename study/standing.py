@@ -127,7 +127,8 @@ def table(dataset: str) -> str:
         found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p), key=lambda r: r["steps"])
         equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps: "
                                f"{EQUAL_TO[r['set'].removeprefix('-equal')]})" for r in found) or "not run")
-    lines.append("| supervised from scratch, equal *total* compute | " + " | ".join(equal) + " |")
+    row = "supervised from scratch, equal *total* compute (pretraining + a short 10 % fine-tune, `study/equal_compute.py`)"
+    lines.append(f"| {row} | " + " | ".join(equal) + " |")
     frozen, hellinger = frozen_rows(dataset)
     lines.append("| best frozen encoder, linear / kNN20 | " + " | ".join(frozen) + " |")
     lines.append("| colour histogram (Hellinger), linear / kNN20 | " + " | ".join(hellinger) + " |")
