@@ -3,6 +3,7 @@
     python study/equal_compute.py                 # EuroSAT: the FLOPs of each init and the scratch run's step count
     python study/equal_compute.py aid             # AID: the same for its inits (the paper's I-JEPA at 150, the others at 300)
     python study/equal_compute.py aid --as ijepa-paper   # --max-steps for one init's total instead of the largest
+    python study/equal_compute.py --finetune-steps 6000  # the totals with a longer fine-tune (EuroSAT 10 %'s cells)
 
 Compute is counted in training FLOPs (forward + backward, ``torch.utils.flop_counter`` on one step of each kind:
 the study's I-JEPA and MAE steps, and the fine-tuning step), not in core-minutes: the pretraining ran on other
@@ -78,8 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", nargs="?", default="eurosat", choices=sorted(SETUPS))
     parser.add_argument("--as", dest="init", help="the init whose total --max-steps matches (default: the largest)")
+    parser.add_argument("--finetune-steps", type=int, help="the fine-tune counted in each total (default: the "
+                        "dataset's short 10 %% run, EuroSAT 750 steps, AID 1,080)")
     args = parser.parse_args()
     setup = SETUPS[args.dataset]
+    finetune_steps = args.finetune_steps or setup.finetune_steps
     if args.init is not None and args.init not in setup.pretraining:
         parser.error(f"--as {args.init}: not one of {args.dataset}'s inits ({', '.join(setup.pretraining)})")
     finetune = finetuning_step_flops(setup)
@@ -87,9 +91,9 @@ def main() -> None:
     totals = {}
     for name, (method, sets, epochs) in setup.pretraining.items():
         step = pretraining_step_flops(setup, method, sets)
-        totals[name] = epochs * setup.steps_per_epoch * step + setup.finetune_steps * finetune
+        totals[name] = epochs * setup.steps_per_epoch * step + finetune_steps * finetune
         print(f"{name}: {epochs} epochs x {setup.steps_per_epoch} steps x {step / 1e9:.2f} GFLOP + fine-tuning "
-              f"{setup.finetune_steps} x {finetune / 1e9:.2f} GFLOP = {totals[name] / 1e12:.1f} TFLOP "
+              f"{finetune_steps:,} x {finetune / 1e9:.2f} GFLOP = {totals[name] / 1e12:.1f} TFLOP "
               f"= {totals[name] / finetune:,.0f} fine-tuning steps")
     chosen = args.init or max(totals, key=totals.get)
     others = ", ".join(f"{totals[chosen] / total:.2f}x {name}'s" for name, total in totals.items() if name != chosen)
