@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                                "class; 3 seeds, mean ± sd), e.g. 0.01 0.1 1")
     evaluate.add_argument("--labels-per-class", type=int, nargs="+", metavar="N",
                           help="also score every row with N train labels per class, e.g. 1 5 10 50")
+    evaluate.add_argument("--per-class", action="store_true",
+                          help="also each row's accuracy class by class (sorted by the second row's lead over the "
+                               "first) and its most frequent mistakes")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             budgets = parse_budgets(args.label_fractions, args.labels_per_class)
             print(evaluate(args.model, args.archive, args.index_dir, args.json_file,
                            baselines=not args.no_baselines, save_heads=not args.no_heads, queries=args.queries,
-                           label_budgets=budgets))
+                           label_budgets=budgets, per_class=args.per_class))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         logging.getLogger("indexing").error("%s", err)
         return 1

@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from training.data import open_archive
-from training.knn import knn_accuracy
+from training.knn import knn_predict
 
 from .encoders import OnnxEncoder
 from .label_efficiency import label_efficiency
 from .label_efficiency import markdown_table as label_efficiency_table
 from .metrics import DEFINITION, retrieval_metrics
+from .per_class import per_class_report
+from .per_class import markdown_table as per_class_table
 from .paths import DEFAULT_INDEX_DIR, model_key, resolve_archive, resolve_model
 from .probe import fit_linear_probe, predict, save_head
 from .reader import iter_batches
@@ -111,19 +113,21 @@ def evaluation_splits(archive: Path) -> dict[str, str | None]:
                                                                              "test": "val"}
 
 
-def score(features: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> tuple[dict[str, float], dict]:
-    """All numbers of one table row (fractions) and the fitted linear head, from per-split (x, y); an empty
-    val split means no tuning (C = 1)."""
+def score(features: dict[str, tuple[np.ndarray, np.ndarray]],
+          num_classes: int) -> tuple[dict[str, float], dict, dict[str, np.ndarray]]:
+    """All numbers of one table row (fractions), the fitted linear head and the classifiers' predictions on the
+    query split ({"linear", "kNN20"}: [N]), from per-split (x, y); an empty val split means no tuning (C = 1)."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (features[s] for s in SPLITS)
     mean = x_train.mean(axis=0, keepdims=True)
     train_c, test_c = x_train - mean, x_test - mean  # centred; cosine normalises rows
     row = retrieval_metrics(test_c, y_test, train_c, y_train)
-    row["kNN20"] = knn_accuracy(torch.from_numpy(train_c), torch.from_numpy(y_train), torch.from_numpy(test_c),
-                                torch.from_numpy(y_test), num_classes, k=20, temperature=0.07)
     head = fit_linear_probe(x_train, y_train, x_val, y_val, **({} if len(x_val) else {"grid": (1.0,)}))
-    row["linear"] = float((predict(head, x_test) == y_test).mean())
+    predicted = {"linear": predict(head, x_test),
+                 "kNN20": knn_predict(torch.from_numpy(train_c), torch.from_numpy(y_train), torch.from_numpy(test_c),
+                                      num_classes, k=20, temperature=0.07).argmax(dim=1).numpy()}
+    row["linear"], row["kNN20"] = (float((predicted[m] == y_test).mean()) for m in ("linear", "kNN20"))
     row["linear_C"], row["linear_val"] = head["C"], head["val_accuracy"]
-    return row, head
+    return row, head, predicted
 
 
 CLASSIFIER_COLUMNS = {"fine-tuned": False, "fine-tuned, 8 orientations": True}  # column -> averaged over D4
@@ -168,13 +172,14 @@ def random_init_model(first_model_dir: Path, archive: Path, cache: Path) -> Path
 
 def evaluate(models: list[str], archive: str | Path | None = None, index_dir: str | Path | None = None,
              json_file: str | Path | None = None, baselines: bool = True, save_heads: bool = True,
-             queries: str = "test", label_budgets: list[float] | None = None) -> str:
+             queries: str = "test", label_budgets: list[float] | None = None, per_class: bool = False) -> str:
     """Evaluate ``models`` (registry names or exported-model folders) plus baselines; returns the Markdown table
     (and writes every number to ``json_file``). Saves each model's linear head next to it unless the card
     names another training archive (a transfer evaluation never replaces the classes the app shows).
 
     ``label_budgets``: label fractions (floats) and per-class counts (ints); each row is then also scored with
-    that part of the train labels (a second table, ``label_efficiency`` in the JSON).
+    that part of the train labels (a second table, ``label_efficiency`` in the JSON). ``per_class``: each row's
+    accuracy class by class and its most frequent mistakes (:mod:`indexing.per_class`; ``per_class`` in the JSON).
 
     ``queries="val"`` is for model selection: val queries against train, the test split never read, the probe
     fitted with C = 1 (nothing left to tune it on) and no head saved."""
@@ -189,10 +194,12 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
     save_heads = save_heads and queries == "test"
     rows: dict[str, dict[str, float]] = {}
     few_labels: dict[str, dict[str, dict[str, float]]] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}  # row -> {"linear", "kNN20"} -> predicted [N], for per_class
     classes: list[str] = []
+    query_labels = np.zeros(0, np.int64)  # [N] of the query split, the same for every row
 
     def features_of(cache: Path, embed, key, size, bands) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        nonlocal classes
+        nonlocal classes, query_labels
         out = {}
         for role, split in roles.items():
             if split is None:
@@ -200,13 +207,14 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
                 continue
             x, y, classes = split_features(archive, split, cache, embed, key, size, bands)
             out[role] = (x, y)
+        query_labels = out["test"][1]
         return out
 
     for name, model_dir in dirs.items():
         encoder = OnnxEncoder(model_dir)
         key = {"name": name, "model": encoder.identity}
         feats = features_of(root / name, encoder.embed, key, encoder.input_size, encoder.card.get("band_indices"))
-        rows[name], head = score(feats, len(classes))
+        rows[name], head, predictions[name] = score(feats, len(classes))
         if encoder.classes is not None:
             for column, d4 in CLASSIFIER_COLUMNS.items():
                 rows[name][column] = classifier_accuracy(encoder, archive, roles["test"], root / name, key, classes, d4)
@@ -224,18 +232,22 @@ def evaluate(models: list[str], archive: str | Path | None = None, index_dir: st
                             name, encoder.card.get("training_data"), archive)
     for name, (features, identity) in (BASELINES.items() if baselines else ()):
         feats = features_of(root / "_baselines" / name, features, {"name": name, "model": identity}, PIXEL_SIZE, None)
-        rows[name], _ = score(feats, len(classes))
+        rows[name], _, predictions[name] = score(feats, len(classes))
         if label_budgets:
             few_labels[name] = label_efficiency(feats, len(classes), label_budgets)
     table = markdown_table(rows, archive, {s: len(feats[s][1]) for s in SPLITS}, roles)
     if few_labels:
         table += "\n\n" + label_efficiency_table(few_labels, str(archive), f"{roles['test']} split")
+    by_class = per_class_report(query_labels, predictions, classes) if per_class else {}
+    if by_class:
+        table += "\n\n" + per_class_table(by_class, query_labels, classes, roles["test"])
     if json_file:
         Path(json_file).write_text(json.dumps({"archive": str(archive), "definition": DEFINITION,
                                                "queries": f"{roles['test']} split", "database": "train split",
                                                "tuning": f"{roles['val']} split" if roles["val"] else "none (C=1)",
                                                "rows": rows, **({"label_efficiency": few_labels} if few_labels
-                                                                else {})}, indent=1))
+                                                                else {}),
+                                               **({"per_class": by_class} if by_class else {})}, indent=1))
     return table
 
 

@@ -118,3 +118,34 @@ def test_val_queries_for_model_selection_never_read_test(tmp_path_factory, tmp_p
     assert not list((tmp_path / "ix").rglob("features-*-test.npz"))  # the test split was not embedded
     head_after = (model / "linear_head.npz").stat().st_mtime_ns if (model / "linear_head.npz").exists() else None
     assert head_after == head_before  # no head saved from a selection run
+
+
+def test_per_class_accuracy_and_mistakes_by_hand():
+    from indexing.per_class import per_class_accuracy, top_confusions
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 2, 1, 1, 0, 2])
+    np.testing.assert_allclose(per_class_accuracy(labels, predicted, 4), [0.25, 1.0, 0.5, np.nan])
+    mistakes = top_confusions(labels, predicted, ["a", "b", "c", "d"], most=2)
+    assert mistakes[0] == {"true": "a", "predicted": "b", "images": 2, "share": 0.5}
+    assert (mistakes[1]["true"], mistakes[1]["predicted"], mistakes[1]["images"]) in {("a", "c", 1), ("c", "a", 1)}
+    assert top_confusions(labels, labels, ["a", "b", "c", "d"]) == []
+
+
+def test_evaluate_per_class_adds_up_to_each_rows_accuracy(tmp_path_factory, tmp_path):
+    model = cached_tiny_model(tmp_path_factory.getbasetemp())
+    archive = write_archive(tmp_path / "arch", per_class=8)
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model), "--archive", str(archive), "--index-dir", str(tmp_path / "ix"),
+                 "--json", str(report), "--no-heads", "--per-class"]) == 0
+    numbers = json.loads(report.read_text())
+    by_class, rows = numbers["per_class"], numbers["rows"]
+    assert set(by_class) == set(rows)
+    test_labels = np.load(tmp_path / "ix" / model.name / f"features-{archive.name}-test.npz")["y"]
+    counts = np.bincount(test_labels)
+    for name, row in rows.items():
+        for method in ("linear", "kNN20"):  # the classes' accuracies, weighted by their images, are the row's
+            accuracies = np.array(list(by_class[name][method].values()))
+            assert np.dot(accuracies, counts) / counts.sum() == pytest.approx(row[method])
+            wrong = sum(m["images"] for m in by_class[name]["confusions"][method])
+            assert wrong <= round((1 - row[method]) * counts.sum())
