@@ -18,8 +18,7 @@ def per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, num_classes: i
     class); NaN for a class with no query image."""
     right = np.bincount(labels[predicted == labels], minlength=num_classes)
     total = np.bincount(labels, minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, right / np.maximum(total, 1), np.nan)
+    return np.where(total > 0, right / np.maximum(total, 1), np.nan)
 
 
 def top_confusions(labels: np.ndarray, predicted: np.ndarray, classes: list[str], most: int = 3) -> list[dict]:
