@@ -46,21 +46,19 @@ def per_class_report(labels: np.ndarray, predictions: dict[str, dict[str, np.nda
 
 def markdown_table(report: dict[str, dict], labels: np.ndarray, classes: list[str], split: str) -> str:
     """Classes as lines (query images of each), rows as columns (linear / kNN, %), sorted by the second row's linear
-    lead over the first (largest last); each row's three most frequent mistakes underneath."""
+    lead over the first (largest last; with one row, by name); each row's three most frequent mistakes underneath."""
     rows = list(report)
     counts = np.bincount(labels, minlength=len(classes))
-    first, second = rows[0], rows[min(1, len(rows) - 1)]
-    order = sorted(range(len(classes)), key=lambda c: (report[second]["linear"][classes[c]]
-                                                       - report[first]["linear"][classes[c]], classes[c]))
-    lines = [f"| class ({split} images) | " + " | ".join(f"{row} linear / kNN" for row in rows)
-             + (f" | {second} − {first}, linear |" if second != first else " |"),
-             "|---" * (len(rows) + 1 + (second != first)) + "|"]
-    for c in order:
-        name = classes[c]
+
+    def lead(name: str) -> float:  # the second row's linear lead over the first on one class, in points
+        return 100 * (report[rows[1]]["linear"][name] - report[rows[0]]["linear"][name]) if len(rows) > 1 else 0.0
+
+    header = [f"{row} linear / kNN" for row in rows] + ([f"{rows[1]} − {rows[0]}, linear"] if len(rows) > 1 else [])
+    lines = [f"| class ({split} images) | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for name, count in sorted(zip(classes, counts), key=lambda item: (lead(item[0]), item[0])):
         cells = [f"{100 * report[row]['linear'][name]:.1f} / {100 * report[row]['kNN20'][name]:.1f}" for row in rows]
-        lead = 100 * (report[second]["linear"][name] - report[first]["linear"][name])
-        lines.append(f"| {name} ({counts[c]}) | " + " | ".join(cells) + (f" | {lead:+.1f} |" if second != first
-                                                                          else " |"))
+        cells += [f"{lead(name):+.1f}"] if len(rows) > 1 else []
+        lines.append(f"| {name} ({count}) | " + " | ".join(cells) + " |")
     lines.append("")
     for row in rows:
         mistakes = "; ".join(f"{m['true']} → {m['predicted']} {m['images']} ({100 * m['share']:.0f} %)"
