@@ -9,6 +9,7 @@ two ends; below it, each row's most frequent mistakes (true class -> predicted c
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 METHODS = ("linear", "kNN20")  # the main table's classifiers whose predictions are kept
 
@@ -16,20 +17,20 @@ METHODS = ("linear", "kNN20")  # the main table's classifiers whose predictions 
 def per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy [num_classes] of ``predicted`` [N] against ``labels`` [N], class by class (the recall of each true
     class); NaN for a class with no query image."""
-    right = np.bincount(labels[predicted == labels], minlength=num_classes)
-    total = np.bincount(labels, minlength=num_classes)
-    return np.where(total > 0, right / np.maximum(total, 1), np.nan)
+    counts = confusion_matrix(labels, predicted, labels=range(num_classes))  # [true, predicted]
+    total = counts.sum(axis=1)
+    return np.where(total > 0, counts.diagonal() / np.maximum(total, 1), np.nan)
 
 
 def top_confusions(labels: np.ndarray, predicted: np.ndarray, classes: list[str], most: int = 3) -> list[dict]:
     """The ``most`` most frequent mistakes, most first: ``{"true", "predicted", "images", "share"}`` (share: of the
     true class's query images)."""
-    wrong = labels != predicted
-    pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]]), axis=1, return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:most]
-    totals = np.bincount(labels, minlength=len(classes))
-    return [{"true": classes[pairs[0, i]], "predicted": classes[pairs[1, i]], "images": int(counts[i]),
-             "share": float(counts[i] / totals[pairs[0, i]])} for i in order]
+    counts = confusion_matrix(labels, predicted, labels=range(len(classes)))  # [true, predicted]
+    mistakes = counts - np.diag(counts.diagonal())
+    order = np.argsort(-mistakes, axis=None, kind="stable")[:most]
+    return [{"true": classes[t], "predicted": classes[p], "images": int(mistakes[t, p]),
+             "share": float(mistakes[t, p] / counts[t].sum())}
+            for t, p in zip(*np.unravel_index(order, mistakes.shape)) if mistakes[t, p] > 0]
 
 
 def per_class_report(labels: np.ndarray, predictions: dict[str, dict[str, np.ndarray]],
