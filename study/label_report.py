@@ -5,6 +5,7 @@
     python study/label_report.py aid --test --runs runs/finetune-long --suffix=-aid-lr   # another set
     python study/label_report.py eurosat --with=-paper   # the main figure with another set's rows beside
     python study/label_report.py eurosat --test --d4 --runs R --suffix=S   # also over the 8 orientations
+    python study/label_report.py eurosat --suffix=S --gap mae ijepa   # MAE's lead on each label draw both ran
 
 Reads the few-label table that ``python -m indexing evaluate --label-fractions ... --json
 study/label-efficiency-<dataset>.json`` wrote (linear probe and kNN of every frozen model and baseline) and the
@@ -125,6 +126,20 @@ def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
     return points
 
 
+def paired_gaps(tuned: dict, first: str, second: str) -> dict[float, dict]:
+    """labels per class -> ``first``'s test accuracy minus ``second``'s (points) on each label draw both ran, and
+    their mean and sd: the gap measured draw by draw, as the two runs of a draw saw the same labelled images."""
+    by_draw = {(row["init"], row["per_class"], row.get("label_seed", 0)): 100 * row["test_accuracy"]
+               for row in tuned.values()}
+    gaps: dict[float, dict[int, float]] = {}
+    for (init, per_class, seed), accuracy in sorted(by_draw.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        if init == first and (second, per_class, seed) in by_draw:
+            gaps.setdefault(per_class, {})[seed] = accuracy - by_draw[second, per_class, seed]
+    return {per_class: {"draws": draws, "mean": float(np.mean(list(draws.values()))),
+                        "sd": float(np.std(list(draws.values()), ddof=1)) if len(draws) > 1 else 0.0}
+            for per_class, draws in gaps.items()}
+
+
 def row_name(init: str) -> str:
     """A fine-tuned row's name: ``random`` is supervised from scratch, ``<init>-self`` a self-trained student."""
     base = SELF_TRAINED.sub("", init)
@@ -214,6 +229,8 @@ def main() -> None:
                         help="draw another set beside (its kept test scores, and label-efficiency-<dataset><suffix>"
                              ".json's frozen rows where one exists), e.g. --with=-paper; repeat for more (--with= is "
                              "the main set); a label draw that two sets ran counts once, as the first named has it")
+    parser.add_argument("--gap", nargs=2, metavar=("INIT", "OTHER"), help="also print INIT's test accuracy minus "
+                        "OTHER's on each label draw both fine-tuned, and its mean ± sd (e.g. --gap mae ijepa)")
     args = parser.parse_args()
     study = REPO / "study"
     kept = study / f"finetune-{args.dataset}{args.suffix}-test.json"
@@ -229,6 +246,10 @@ def main() -> None:
                                                             .read_text())))
     draw(args.dataset, frozen, tuned, study / "figures" / f"label_efficiency_{args.dataset}{args.suffix}.png")
     print(table(frozen, tuned))
+    for per_class, gap in paired_gaps(tuned, *args.gap).items() if args.gap else ():
+        draws = ", ".join(f"draw {seed} {points:+.1f}" for seed, points in gap["draws"].items())
+        print(f"{args.gap[0]} - {args.gap[1]} at {per_class:g} labels per class: {draws}; "
+              f"mean {gap['mean']:+.1f} ± {gap['sd']:.1f}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,23 @@ def test_a_label_draw_fine_tuned_in_two_sets_counts_once_as_the_first_set_has_it
     assert [(p["per_class"], p["runs"]) for p in points] == [(16.2, 2), (162.0, 1)]
 
 
+def test_the_gap_between_two_inits_is_taken_draw_by_draw_where_both_ran(study_script):
+    """study/label_report.py --gap: one init's accuracy minus the other's on the same label draw, only where both
+    fine-tuned that draw, and its mean and sd over the draws."""
+    label_report = study_script("label_report")
+    tuned = {"eurosat-mae-10": {"init": "mae", "per_class": 162.0, "test_accuracy": 0.921},  # draw 0
+             "eurosat-mae-10-seed1": {"init": "mae", "per_class": 162.0, "label_seed": 1, "test_accuracy": 0.926},
+             "eurosat-mae-10-seed2": {"init": "mae", "per_class": 162.0, "label_seed": 2, "test_accuracy": 0.93},
+             "eurosat-ijepa-10": {"init": "ijepa", "per_class": 162.0, "label_seed": 0, "test_accuracy": 0.915},
+             "eurosat-ijepa-10-seed1": {"init": "ijepa", "per_class": 162.0, "label_seed": 1, "test_accuracy": 0.919},
+             "eurosat-ijepa-1": {"init": "ijepa", "per_class": 16.2, "test_accuracy": 0.78}}
+    gaps = label_report.paired_gaps(tuned, "mae", "ijepa")
+    assert list(gaps) == [162.0]  # 1 %: no MAE run; draw 2: no I-JEPA run
+    assert gaps[162.0]["draws"] == pytest.approx({0: 0.6, 1: 0.7})
+    assert gaps[162.0]["mean"] == pytest.approx(0.65)
+    assert gaps[162.0]["sd"] == pytest.approx(0.0707, abs=1e-4)
+
+
 def test_the_runs_scored_on_test_are_named_as_finetune_sh_names_them_and_one_a_draw(study_script, tmp_path):
     """study/label_report.py reads the seeds mode's names (-p<passes>, -<variant>, -seed<draw>) as their init and
     fraction, and refuses a folder holding two runs of one label draw before it scores anything."""
