@@ -112,6 +112,16 @@ def score_runs(dataset: str, runs: Path, d4: bool = False) -> dict[str, dict]:
     return scored
 
 
+def label_draw(row: dict) -> tuple[str, float, int]:
+    """A run's label draw: its init, labels per class and label seed (0 where the run recorded none)."""
+    return row["init"], row["per_class"], row.get("label_seed", 0)
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    """Mean and sample sd (0 for one value), as the frozen rows' spread is given."""
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
 def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
     """init -> one point per label budget, sorted by labels per class: the test accuracy (%) of its run, or the
     mean and sd over its runs where several label draws were fine-tuned (``finetune.sh seeds``)."""
@@ -120,24 +130,19 @@ def fine_tuned(tuned: dict) -> dict[str, list[dict]]:
         runs.setdefault((row["init"], row["per_class"]), []).append(100 * row["test_accuracy"])
     points: dict[str, list[dict]] = {}
     for (init, per_class), accuracies in sorted(runs.items(), key=lambda kv: kv[0][1]):
-        sd = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0  # as the frozen rows' sd
-        points.setdefault(init, []).append({"per_class": per_class, "mean": float(np.mean(accuracies)), "sd": sd,
-                                            "runs": len(accuracies)})
+        points.setdefault(init, []).append({"per_class": per_class, **mean_sd(accuracies), "runs": len(accuracies)})
     return points
 
 
 def paired_gaps(tuned: dict, first: str, second: str) -> dict[float, dict]:
     """labels per class -> ``first``'s test accuracy minus ``second``'s (points) on each label draw both ran, and
     their mean and sd: the gap measured draw by draw, as the two runs of a draw saw the same labelled images."""
-    by_draw = {(row["init"], row["per_class"], row.get("label_seed", 0)): 100 * row["test_accuracy"]
-               for row in tuned.values()}
+    by_draw = {label_draw(row): 100 * row["test_accuracy"] for row in tuned.values()}
     gaps: dict[float, dict[int, float]] = {}
     for (init, per_class, seed), accuracy in sorted(by_draw.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         if init == first and (second, per_class, seed) in by_draw:
             gaps.setdefault(per_class, {})[seed] = accuracy - by_draw[second, per_class, seed]
-    return {per_class: {"draws": draws, "mean": float(np.mean(list(draws.values()))),
-                        "sd": float(np.std(list(draws.values()), ddof=1)) if len(draws) > 1 else 0.0}
-            for per_class, draws in gaps.items()}
+    return {per_class: {"draws": draws, **mean_sd(list(draws.values()))} for per_class, draws in gaps.items()}
 
 
 def row_name(init: str) -> str:
@@ -150,11 +155,8 @@ def row_name(init: str) -> str:
 def one_run_per_draw(kept: dict, more: dict) -> dict:
     """The runs of ``more`` whose label draw (init, labels per class, label seed) ``kept`` has no run of: a draw
     fine-tuned twice (e.g. in bf16 and again in fp32) counts once, as the set named first has it."""
-    def draw_of(row: dict) -> tuple:
-        return row["init"], row["per_class"], row.get("label_seed", 0)
-
-    drawn = {draw_of(row) for row in kept.values()}
-    return {name: row for name, row in more.items() if draw_of(row) not in drawn}
+    drawn = {label_draw(row) for row in kept.values()}
+    return {name: row for name, row in more.items() if label_draw(row) not in drawn}
 
 
 def draw(dataset: str, frozen: dict, tuned: dict, out: Path) -> None:
