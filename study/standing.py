@@ -8,7 +8,7 @@ draw (the other draws are their own analysis), at the init's rate chosen on val 
 runs at a superseded rate, e.g. the first AID runs at EuroSAT's, drop out), the one with the best val accuracy. Its
 length is in brackets, with "MixUp / CutMix" or "FixMatch" where that is the recipe variant chosen on val
 (``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is
-its own row, one run per init whose total it matches. The frozen row is the best shipped encoder on test per protocol (a summary of reported
+its own row, one run per total it matches (whose, with which fine-tune) and its recipe variant where not plain. The frozen row is the best shipped encoder on test per protocol (a summary of reported
 numbers, not a choice), beside the Hellinger colour histogram and the issue's goals.
 """
 
@@ -36,8 +36,15 @@ INITS = {
 RATE_FILES = {"eurosat": ("finetune-sweep.json", "finetune-sweep-paper.json"),
               "aid": ("finetune-sweep-aid.json", "finetune-sweep-aid-scratch.json")}
 NOT_SWEPT = {("aid", "ijepa-paper"): 0.008}  # finetune.sh paper on AID: the AID inits' rate, not re-derived
-EQUAL_TO = {"": "MAE's total, the largest", "-paper": "the paper's I-JEPA's total",
-            "-ijepa": "the tuned I-JEPA's total", "-mae": "MAE's total"}  # finetune-<dataset>-equal<suffix>-test.json: whose total
+EQUAL_TO = {"": "MAE's total with a 750-step fine-tune", "-ft6000": "MAE's total with a 6,000-step fine-tune",
+            "-paper": "the paper's I-JEPA's total", "-ijepa": "the tuned I-JEPA's total",
+            "-mae": "MAE's total"}  # finetune-<dataset>-equal<suffix>-test.json: whose total
+# finetune.sh's recipe variants (several joined by +): ema, FixMatch labels with a moving average; pseudomix, its strong
+# views mixed in pairs; semivit, at Semi-ViT's weight and threshold, with its pseudo-MixUp; semivit_weight / _threshold:
+# one of them; mu5: FixMatch with 5 unlabelled images a labelled one, not 2
+VARIANTS = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT", "ema": "EMA teacher",
+            "pseudomix": "pseudo-MixUp", "semivit": "FixMatch as Semi-ViT", "semivit_weight": "Semi-ViT's loss weight",
+            "semivit_threshold": "Semi-ViT's threshold", "mu5": "5 unlabelled a labelled"}
 BASELINES = {"random-init", "raw-pixels", "colour-histogram", "colour-histogram-hellinger"}
 KEPT = re.compile(r"finetune-(?P<dataset>eurosat|aid)(?P<set>.*)-test\.json$")
 
@@ -70,15 +77,18 @@ def variant(dataset: str, run: dict) -> str:
     if not chosen:
         return ""
     _, mix, *resolution = chosen.split("-")  # "p<passes>-<plain|mix|fixmatch|lpft|ema, or several joined by +>[-r<pixels>]"
-    names = {"mix": "MixUp / CutMix", "fixmatch": "FixMatch", "lpft": "LP-FT", "ema": "EMA teacher",
-             "pseudomix": "pseudo-MixUp", "semivit": "FixMatch as Semi-ViT",
-             "semivit_weight": "Semi-ViT's loss weight", "semivit_threshold": "Semi-ViT's threshold",
-             "mu5": "5 unlabelled a labelled"}
-    # (study/finetune.sh; ema: FixMatch labels with a moving average; pseudomix: its strong views mixed in pairs;
-    # semivit: at Semi-ViT's weight and threshold, with its pseudo-MixUp; semivit_weight / _threshold: one of them;
-    # mu5: FixMatch with 5 unlabelled images a labelled one, not 2)
-    mixing = " + ".join(names[part] for part in mix.split("+") if part in names)
-    return (f", {mixing}" if mixing else "") + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
+    return variant_names(mix) + (f", at {resolution[0].removeprefix('r')} px" if resolution else "")
+
+
+def variant_names(mix: str) -> str:
+    """"lpft+fixmatch" -> ", LP-FT + FixMatch" (VARIANTS' names joined by +); "plain" or "" -> ""."""
+    mixing = " + ".join(VARIANTS[part] for part in mix.split("+") if part in VARIANTS)
+    return f", {mixing}" if mixing else ""
+
+
+def equal_variant(run: dict) -> str:
+    """An equal-total run's variant from its name (``finetune.sh equal``: <dataset>-random-<percent>[-<variant>])."""
+    return variant_names(run["name"].split(f"-random-{run['percent']:g}", 1)[1].lstrip("-"))
 
 
 def length(run: dict) -> str:
@@ -125,9 +135,9 @@ def table(dataset: str) -> str:
     equal = []
     for p in PERCENTS:
         found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p), key=lambda r: r["steps"])
-        equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps: "
+        equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps{equal_variant(r)}: "
                                f"{EQUAL_TO[r['set'].removeprefix('-equal')]})" for r in found) or "not run")
-    row = "supervised from scratch, equal *total* compute (pretraining + a short 10 % fine-tune, `study/equal_compute.py`)"
+    row = "supervised from scratch, equal *total* compute (pretraining + a 10 % fine-tune, `study/equal_compute.py`)"
     lines.append(f"| {row} | " + " | ".join(equal) + " |")
     frozen, hellinger = frozen_rows(dataset)
     lines.append("| best frozen encoder, linear / kNN20 | " + " | ".join(frozen) + " |")
