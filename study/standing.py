@@ -8,8 +8,9 @@ draw (the other draws are their own analysis), at the init's rate chosen on val 
 runs at a superseded rate, e.g. the first AID runs at EuroSAT's, drop out), the one with the best val accuracy. Its
 length is in brackets, with "MixUp / CutMix" or "FixMatch" where that is the recipe variant chosen on val
 (``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is
-its own row, one run per total it matches (whose, with which fine-tune) and its recipe variant where not plain. The frozen row is the best shipped encoder on test per protocol (a summary of reported
-numbers, not a choice), beside the Hellinger colour histogram and the issue's goals.
+its own row, one run per total it matches (whose, with which fine-tune), with its recipe variant where not plain.
+The frozen row is the best shipped encoder on test per protocol (a summary of reported numbers, not a choice),
+beside the Hellinger colour histogram and the issue's goals.
 """
 
 from __future__ import annotations
