@@ -235,7 +235,6 @@ def test_a_recipe_cell_names_its_variant_as_chosen_on_val_parts_joined_by_plus(s
 
 def test_an_equal_total_run_names_its_variant_from_its_run_name(standing):
     """finetune.sh equal names a run <dataset>-random-<percent>[-<variant>] (MIX=mix: -mix); a plain one has none."""
-    run = {"percent": 10.0}
-    assert standing.equal_variant({**run, "name": "eurosat-random-10-mix"}) == ", MixUp / CutMix"
+    assert standing.equal_variant({"percent": 10.0, "name": "eurosat-random-10-mix"}) == ", MixUp / CutMix"
     assert standing.equal_variant({"percent": 1.0, "name": "eurosat-random-1-fixmatch+ema"}) == ", FixMatch + EMA teacher"
-    assert standing.equal_variant({**run, "name": "aid-random-10"}) == ""
+    assert standing.equal_variant({"percent": 10.0, "name": "aid-random-10"}) == ""
