@@ -87,9 +87,23 @@ def variant_names(mix: str) -> str:
     return f", {mixing}" if mixing else ""
 
 
+def equal_mix(run: dict) -> str:
+    """An equal-total run's variant from its name (``finetune.sh equal``: <dataset>-random-<percent>[-<variant>]),
+    e.g. "mix"; "" where plain."""
+    return run["name"].split(f"-random-{run['percent']:g}", 1)[1].lstrip("-")
+
+
 def equal_variant(run: dict) -> str:
-    """An equal-total run's variant from its name (``finetune.sh equal``: <dataset>-random-<percent>[-<variant>])."""
-    return variant_names(run["name"].split(f"-random-{run['percent']:g}", 1)[1].lstrip("-"))
+    """", MixUp / CutMix" for an equal-total run with that variant (``equal_mix``), "" for a plain one."""
+    return variant_names(equal_mix(run))
+
+
+def equal_total(run: dict) -> str:
+    """Whose total an equal-total run matches, from the set it was kept in: ``-equal<total>[-<variant>]`` (the
+    variant is in the run's name too, so a set may name it or not: -equal-ft6000, -equal-mae-mix)."""
+    mix = equal_mix(run)
+    total = run["set"].removeprefix("-equal")
+    return EQUAL_TO[total.removesuffix(f"-{mix}") if mix else total]
 
 
 def length(run: dict) -> str:
@@ -137,7 +151,7 @@ def table(dataset: str) -> str:
     for p in PERCENTS:
         found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p), key=lambda r: r["steps"])
         equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps{equal_variant(r)}: "
-                               f"{EQUAL_TO[r['set'].removeprefix('-equal')]})" for r in found) or "not run")
+                               f"{equal_total(r)})" for r in found) or "not run")
     row = "supervised from scratch, equal *total* compute (pretraining + a 10 % fine-tune, `study/equal_compute.py`)"
     lines.append(f"| {row} | " + " | ".join(equal) + " |")
     frozen, hellinger = frozen_rows(dataset)

@@ -238,3 +238,11 @@ def test_an_equal_total_run_names_its_variant_from_its_run_name(standing):
     assert standing.equal_variant({"percent": 10.0, "name": "eurosat-random-10-mix"}) == ", MixUp / CutMix"
     assert standing.equal_variant({"percent": 1.0, "name": "eurosat-random-1-fixmatch+ema"}) == ", FixMatch + EMA teacher"
     assert standing.equal_variant({"percent": 10.0, "name": "aid-random-10"}) == ""
+
+
+def test_an_equal_total_run_names_whose_total_with_or_without_its_variant_in_the_set(standing):
+    """The set a run was kept in (label_report's --suffix) is -equal<total>, the variant's suffix after it or not."""
+    assert standing.equal_total({"percent": 10.0, "name": "aid-random-10-mix", "set": "-equal-mae-mix"}) == "MAE's total"
+    assert standing.equal_total({"percent": 10.0, "name": "aid-random-10", "set": "-equal-mae"}) == "MAE's total"
+    assert (standing.equal_total({"percent": 10.0, "name": "eurosat-random-10-mix", "set": "-equal-ft6000"})
+            == "MAE's total with a 6,000-step fine-tune")
