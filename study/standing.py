@@ -149,7 +149,8 @@ def table(dataset: str) -> str:
         lines.append(f"| {row} | " + " | ".join(line) + " |")
     equal = []
     for p in PERCENTS:
-        found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p), key=lambda r: r["steps"])
+        found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p),
+                       key=lambda r: (r["steps"], equal_mix(r)))  # by length, a plain run before its variants
         equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps{equal_variant(r)}: "
                                f"{equal_total(r)})" for r in found) or "not run")
     row = "supervised from scratch, equal *total* compute (pretraining + a 10 % fine-tune, `study/equal_compute.py`)"
