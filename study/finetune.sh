@@ -20,7 +20,8 @@
 #                                             # fine-tuning (study/equal_compute.py), not the fine-tuning's alone;
 #                                             # DATASET=aid on AID, EQUAL_TO=<init> for one init's total (default MAE's),
 #                                             # FINETUNE_STEPS=6000 with the longer fine-tune in each total,
-#                                             # MIX=<variant> (e.g. mix) for a recipe variant
+#                                             # MIX=<variant> (e.g. mix) for a recipe variant, SEED=<draw> for another
+#                                             # label draw (default the first, 0)
 #   RUNS=runs/self TEACHERS=runs/finetune bash study/finetune.sh self [F]   # self-training: each init's F run
 #                                             # (default 0.01) in TEACHERS teaches a student on the unlabelled rest of
 #                                             # train, <dataset>-<init>-self-<percent> (DATASET=aid for AID)
@@ -270,14 +271,15 @@ PY
         # spent (study/equal_compute.py: MAE's total, the largest), at scratch's rate chosen on val; DATASET=aid:
         # AID at its own scratch rate; EQUAL_TO=<init> matches that init's total instead (e.g. ijepa-paper);
         # FINETUNE_STEPS=<n>: the totals with an n-step fine-tune instead of the short one (EuroSAT's 6,000-step cells);
-        # MIX=<variant>: a recipe variant as MIXES names them (run named -<variant>; scratch's choice at 6,000 steps: mix)
+        # MIX=<variant>: a recipe variant as MIXES names them (run named -<variant>; scratch's choice at 6,000 steps: mix);
+        # SEED=<draw>: another label draw, the run's training seeded by it too (run named -seed<draw>, as seeds names them)
         use_dataset "${DATASET:-eurosat}"
         steps=$(python study/equal_compute.py "$dataset" ${EQUAL_TO:+--as "$EQUAL_TO"} \
             ${FINETUNE_STEPS:+--finetune-steps "$FINETUNE_STEPS"} | sed -n 's/.*--max-steps \([0-9]*\).*/\1/p')
-        sets=(min_steps="$steps" lr="$(rate random)")
+        sets=(min_steps="$steps" lr="$(rate random)" ${SEED:+label_seed="$SEED" seed="$SEED"})
         mix_sets "${MIX:-plain}"
         [ "$dataset" = aid ] && sets+=(evaluations=10 val_images=1000)  # a long run: val every tenth
-        run "$dataset-random-10${MIX:+-$MIX}" "$data" "random:$like" 0.1 0 "${sets[@]}" ;;
+        run "$dataset-random-10${MIX:+-$MIX}${SEED:+-seed$SEED}" "$data" "random:$like" 0.1 0 "${sets[@]}" ;;
     self)  # self-training (training/teacher.py): each init's run at fraction F on DATASET (eurosat) is the teacher
         # of a student from the same init, trained for SELF_EPOCHS (6) passes over the whole train split — its
         # labelled subset with labels, the rest with the teacher's probabilities at temperature T (1);

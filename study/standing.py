@@ -8,7 +8,8 @@ draw (the other draws are their own analysis), at the init's rate chosen on val 
 runs at a superseded rate, e.g. the first AID runs at EuroSAT's, drop out), the one with the best val accuracy. Its
 length is in brackets, with "MixUp / CutMix" or "FixMatch" where that is the recipe variant chosen on val
 (``finetune-recipe*-<percent>.json``). Supervised from scratch at equal *total* compute (``finetune.sh equal``) is
-its own row, one run per total it matches (whose, with which fine-tune), with its recipe variant where not plain.
+its own row, one run per total it matches (whose, with which fine-tune), with its recipe variant where not plain,
+on the first label draw as the cells are.
 The frozen row is the best shipped encoder on test per protocol (a summary of reported numbers, not a choice),
 beside the Hellinger colour histogram and the issue's goals.
 """
@@ -88,9 +89,10 @@ def variant_names(mix: str) -> str:
 
 
 def equal_mix(run: dict) -> str:
-    """An equal-total run's variant from its name (``finetune.sh equal``: <dataset>-random-<percent>[-<variant>]),
-    e.g. "mix"; "" where plain."""
-    return run["name"].split(f"-random-{run['percent']:g}", 1)[1].lstrip("-")
+    """An equal-total run's variant from its name (``finetune.sh equal``:
+    <dataset>-random-<percent>[-<variant>][-seed<draw>]), e.g. "mix"; "" where plain."""
+    after = run["name"].split(f"-random-{run['percent']:g}", 1)[1]
+    return re.sub(r"-seed\d+$", "", after).lstrip("-")
 
 
 def equal_variant(run: dict) -> str:
@@ -149,7 +151,8 @@ def table(dataset: str) -> str:
         lines.append(f"| {row} | " + " | ".join(line) + " |")
     equal = []
     for p in PERCENTS:
-        found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p),
+        found = sorted((r for r in runs if r["set"].startswith("-equal") and r["percent"] == p
+                        and not r.get("label_seed")),  # the other draws are their own analysis
                        key=lambda r: (r["steps"], equal_mix(r)))  # by length, a plain run before its variants
         equal.append("; ".join(f"{100 * r['test_accuracy']:.1f} ({r['steps']:,} steps{equal_variant(r)}: "
                                f"{equal_total(r)})" for r in found) or "not run")

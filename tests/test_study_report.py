@@ -177,6 +177,11 @@ def test_every_finetune_mode_gives_scratch_on_aid_its_own_rate_and_the_inits_the
         queued_runs(tmp_path, "recipe", "0.01", MIXES="lpft+fixmtach", INITS="mae")
     [draw] = queued_runs(tmp_path, "seeds", "0.01", PASSES="600", MIX="lpft+fixmatch", INITS="mae", SEEDS="1").values()
     assert "--set seed=1 --set probe_head=true --set fixmatch=1.0" in draw and "-p600-lpft+fixmatch-seed1 " in draw
+    # scratch at equal total compute on another label draw: the same steps and recipe, its own draw and seed
+    [(name, other)] = queued_runs(tmp_path, "equal", FINETUNE_STEPS="6000", MIX="mix", SEED="2").items()
+    [first] = queued_runs(tmp_path, "equal", FINETUNE_STEPS="6000", MIX="mix").values()
+    assert name == "eurosat-random-10-mix-seed2" and "--set label_seed=2 --set seed=2 " in other
+    assert other.replace("-seed2", "").replace("--set label_seed=2 --set seed=2 ", "") == first
     # RATES_FROM=eurosat: the first AID runs', EuroSAT's rates for all
     first = queued_runs(tmp_path, "aid", "0.01", RATES_FROM="eurosat")
     assert f"--set lr={eurosat['random']} " in first["aid-random-1"]
@@ -238,6 +243,33 @@ def test_an_equal_total_run_names_its_variant_from_its_run_name(standing):
     assert standing.equal_variant({"percent": 10.0, "name": "eurosat-random-10-mix"}) == ", MixUp / CutMix"
     assert standing.equal_variant({"percent": 1.0, "name": "eurosat-random-1-fixmatch+ema"}) == ", FixMatch + EMA teacher"
     assert standing.equal_variant({"percent": 10.0, "name": "aid-random-10"}) == ""
+    assert standing.equal_variant({"percent": 10.0, "name": "eurosat-random-10-mix-seed2"}) == ", MixUp / CutMix"
+    assert standing.equal_variant({"percent": 10.0, "name": "aid-random-10-seed1"}) == ""
+
+
+def test_the_equal_total_row_is_the_first_label_draw_as_the_cells_are(standing, tmp_path, monkeypatch):
+    """finetune.sh equal SEED=<draw> runs another draw; the headline row keeps draw 0, the spread is its own analysis."""
+    monkeypatch.setattr(standing, "STUDY", tmp_path)
+    (tmp_path / "finetune-sweep.json").write_text('{"chosen_lr": {"mae": "0.004", "random": "0.002"}}')
+    (tmp_path / "finetune-sweep-paper.json").write_text('{"chosen_lr": {}}')
+    (tmp_path / "label-efficiency-eurosat.json").write_text(json.dumps({"label_efficiency": {
+        name: {f"{p:g}%": {"linear": 0.5, "kNN20": 0.5} for p in standing.PERCENTS}
+        for name in ("mae", "colour-histogram-hellinger")}}))
+
+    def run(percent, test, steps, init="mae", lr=0.004, **more):
+        labelled = {1.0: 162, 10.0: 1620, 100.0: 16200}[percent]
+        return {"init": init, "percent": percent, "val_accuracy": test, "test_accuracy": test, "lr": lr,
+                "steps": steps, "labelled": labelled, "per_class": labelled / 10, **more}
+
+    (tmp_path / "finetune-eurosat-test.json").write_text(json.dumps({
+        f"eurosat-mae-{p:g}": run(p, 0.9, 100) for p in standing.PERCENTS}))
+    (tmp_path / "finetune-eurosat-equal-ft6000-test.json").write_text(json.dumps({
+        "eurosat-random-10-mix": run(10.0, 0.915, 19295, init="random", lr=0.002, label_seed=0)}))
+    (tmp_path / "finetune-eurosat-equal-ft6000-seeds-test.json").write_text(json.dumps({
+        f"eurosat-random-10-mix-seed{draw}": run(10.0, 0.93, 19295, init="random", lr=0.002, label_seed=draw)
+        for draw in (1, 2)}))
+    [row] = [line for line in standing.table("eurosat").splitlines() if "equal *total*" in line]
+    assert "91.5 (19,295 steps, MixUp / CutMix: MAE's total with a 6,000-step fine-tune)" in row and "93.0" not in row
 
 
 def test_an_equal_total_run_names_whose_total_with_or_without_its_variant_in_the_set(standing):
